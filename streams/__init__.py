@@ -1,0 +1,1 @@
+"""Kafka I/O, the event contract, dataflow wiring, the workload generator and the CLI."""

@@ -1,0 +1,119 @@
+"""The one settings object for the whole application.
+
+Every value can come from the environment (prefix ``DRIFTRAG_``, nested fields joined with ``__``, e.g.
+``DRIFTRAG_KAFKA__BOOTSTRAP_SERVERS=host:9092``) or from CLI flags that override it.
+
+>>> s = Settings()
+>>> s.kafka.topic("engagements")
+'engagements'
+>>> Settings(kafka={"topic_prefix": "t1."}).kafka.topic("dead_letter")
+'t1.dead-letter'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DAY_MS = 24 * 3600 * 1000
+
+
+class TopicSpec(BaseModel):
+    """How one logical topic is provisioned."""
+
+    name: str
+    partitions: int = Field(3, ge=1)
+    retention_ms: int = Field(7 * DAY_MS, ge=-1)  # -1 = keep forever
+    cleanup_policy: str = "delete"
+
+    @field_validator("cleanup_policy")
+    @classmethod
+    def _check_policy(cls, v: str) -> str:
+        allowed = {"delete", "compact", "compact,delete", "delete,compact"}
+        if v not in allowed:
+            raise ValueError(f"cleanup_policy must be one of {sorted(allowed)}, got {v!r}")
+        return v
+
+
+def _default_topics() -> dict[str, TopicSpec]:
+    return {
+        "engagements": TopicSpec(name="engagements", partitions=3),
+        "items": TopicSpec(name="items", partitions=3),
+        "drift_alerts": TopicSpec(name="drift-alerts", partitions=1, retention_ms=30 * DAY_MS),
+        "dead_letter": TopicSpec(name="dead-letter", partitions=1, retention_ms=30 * DAY_MS),
+    }
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    # Prefix for every topic name: lets several deployments (or test runs) share one cluster.
+    topic_prefix: str = ""
+    replication_factor: int = Field(1, ge=1)
+    topics: dict[str, TopicSpec] = Field(default_factory=_default_topics)
+    # Extra librdkafka properties for every client (security, timeouts, ...).
+    client_config: dict[str, str] = Field(default_factory=dict)
+
+    def topic(self, logical: str) -> str:
+        """Physical topic name of a logical topic (``engagements``, ``items``, ``drift_alerts``, ...)."""
+        try:
+            spec = self.topics[logical]
+        except KeyError:
+            raise ValueError(f"unknown topic {logical!r}; known: {sorted(self.topics)}") from None
+        return self.topic_prefix + spec.name
+
+    def client(self, **extra: object) -> dict[str, object]:
+        """librdkafka config for a client of this cluster."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.client_config, **extra}
+
+
+class ContractSettings(BaseModel):
+    """Rules of the event contract (brief: 'Engagement event', 'Content event')."""
+
+    positive_dwell_ms: int = Field(10_000, ge=0)
+    max_text_bytes: int = Field(8 * 1024, ge=1)
+    max_id_chars: int = Field(128, ge=1)
+    # Whole messages above this are dead-lettered before parsing (protects the JSON parser).
+    max_message_bytes: int = Field(64 * 1024, ge=1024)
+
+
+class BrokerSettings(BaseModel):
+    """The local development broker started by ``driftrag kafka start``."""
+
+    version: str = "4.1.1"
+    host: str = "127.0.0.1"
+    port: int = Field(9092, ge=1, le=65535)
+    controller_port: int | None = None  # default: port + 1
+    cache_dir: Path = Path.home() / ".cache" / "driftrag"
+    data_dir: Path | None = None  # default: cache_dir / "broker-<port>"
+    heap: str = "512m"
+    start_timeout_s: float = 90.0
+
+    @property
+    def resolved_controller_port(self) -> int:
+        return self.controller_port or self.port + 1
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir or self.cache_dir / f"broker-{self.port}"
+
+
+class RunSettings(BaseModel):
+    """The stream job."""
+
+    workers_per_process: int = Field(1, ge=1)
+    recovery_dir: Path | None = None
+    snapshot_interval_s: float = Field(10.0, gt=0)
+    backup_interval_s: float = Field(0.0, ge=0)
+    batch_size: int = Field(1000, ge=1)
+    metrics_port: int | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DRIFTRAG_", env_nested_delimiter="__", extra="ignore")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    contract: ContractSettings = Field(default_factory=ContractSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    run: RunSettings = Field(default_factory=RunSettings)
