@@ -1,0 +1,56 @@
+"""The `driftrag` command: one dispatch over the subcommands, each implemented in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from pydantic import ValidationError
+
+# subcommand -> (module with add_arguments(parser) and run(args, settings) -> int, help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "kafka": ("streams.broker", "start, stop or inspect a local Apache Kafka broker (no Docker needed)"),
+    "topics": ("streams.topics", "create (idempotently) or list the project's Kafka topics"),
+    "generate": ("streams.generator", "write a drifting synthetic workload to JSONL files or Kafka"),
+    "run": ("streams.job", "run the stream job (Kafka, files, or --embedded with no Kafka)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="driftrag",
+        description="Real-time interest drift for LLM recommenders. Settings also come from DRIFTRAG_* "
+        "environment variables (see README).",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from streams.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        print(f"driftrag: invalid settings from the environment:\n{e}", file=sys.stderr)
+        return 2
+    try:
+        return importlib.import_module(args._module).run(args, settings)
+    except (ValueError, FileNotFoundError) as e:
+        # Bad arguments or config: one clear line, no stack trace.
+        print(f"driftrag {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The driftrag dataflow, wired like the brief's diagram.
+
+    source (Kafka | files | embedded generator)          RawMessage
+      -> validate                                           Engagement | ContentEvent | DeadLetter
+      -> split_dead_letters
+           trues  -> encode_dead_letter -> dead-letter sink KeyedValue(key, dead-letter JSON)
+           falses -> events sink                            Engagement | ContentEvent
+
+The events sink is where the next stages (embedding, clusters, transitions, drift, index) attach.
+Every step is a named function that can be tested alone.
+"""
+
+from __future__ import annotations
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
+
+from streams.contract import ContentEvent, DeadLetter, Engagement, Validator
+from streams.metrics import DEAD_LETTERS
+from streams.sinks import KeyedValue
+
+
+def is_dead_letter(x: Engagement | ContentEvent | DeadLetter) -> bool:
+    return type(x) is DeadLetter
+
+
+def encode_dead_letter(dl: DeadLetter) -> KeyedValue:
+    """The dead-letter topic's message: original key, JSON value with reason and source position."""
+    DEAD_LETTERS.labels(dl.reason).inc()
+    return KeyedValue(dl.key, dl.to_json())
+
+
+def build_flow(
+    source: Source,
+    validator: Validator,
+    *,
+    dead_letter_sink: Sink,
+    events_sink: Sink,
+    flow_id: str = "driftrag",
+) -> Dataflow:
+    flow = Dataflow(flow_id)
+    raw = op.input("read", flow, source)
+    checked = op.flat_map_batch("validate", raw, validator.validate_batch)
+    split = op.branch("split_dead_letters", checked, is_dead_letter)
+    dead = op.map("encode_dead_letter", split.trues, encode_dead_letter)
+    op.output("write_dead_letters", dead, dead_letter_sink)
+    op.output("write_events", split.falses, events_sink)
+    return flow

@@ -1,0 +1,253 @@
+"""Where raw messages come from: Kafka, JSONL files, or the embedded generator.
+
+Every source emits :class:`streams.contract.RawMessage` so the rest of the dataflow cannot tell them apart.
+Each is a Bytewax ``FixedPartitionedSource`` whose resume state is a plain offset, so Bytewax recovery stores
+source positions together with operator state (no consumer-group commits).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from streams.contract import RawMessage
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------- Kafka
+
+
+class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
+    def __init__(self, config: dict, topic: str, partition: int, offset: int, batch_size: int, tail: bool):
+        self._consumer = Consumer(config)
+        # assign(), not subscribe(): the offset lives in Bytewax's recovery store, not in a consumer group.
+        self._consumer.assign([TopicPartition(topic, partition, offset)])
+        self._topic, self._partition = topic, partition
+        self._offset = offset
+        self._batch_size = batch_size
+        self._tail = tail
+        self._eof = False
+
+    def next_batch(self) -> list[RawMessage]:
+        if self._eof:
+            raise StopIteration
+        msgs = self._consumer.consume(self._batch_size, 0.05)
+        batch: list[RawMessage] = []
+        append = batch.append
+        topic, part = self._topic, self._partition
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    if not self._tail:
+                        self._eof = True
+                    continue
+                # Broker/transport errors are not bad data: fail loudly, recovery resumes from the last offset.
+                raise RuntimeError(f"error consuming {topic}[{part}]: {err}")
+            append(RawMessage(topic, part, m.offset(), m.key(), m.value()))
+        if batch:
+            self._offset = batch[-1].offset + 1
+        return batch
+
+    def snapshot(self) -> int:
+        return self._offset
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class KafkaRawSource(FixedPartitionedSource[RawMessage, int]):
+    """Every partition of ``topics`` as one Bytewax input partition.
+
+    ``tail=False`` stops at the end of each partition (bounded runs, tests, benchmarks).
+    """
+
+    def __init__(
+        self,
+        client_config: dict,
+        topics: Iterable[str],
+        *,
+        tail: bool = True,
+        batch_size: int = 1000,
+        starting_offset: int = OFFSET_BEGINNING,
+    ) -> None:
+        if isinstance(topics, str):
+            raise TypeError("topics must be a list of names, not a string")
+        self.client_config = dict(client_config)
+        self.topics = list(topics)
+        self.tail = tail
+        self.batch_size = batch_size
+        self.starting_offset = starting_offset
+
+    def list_parts(self) -> list[str]:
+        admin = AdminClient({k: v for k, v in self.client_config.items() if k != "group.id"})
+        md = admin.list_topics(timeout=30)
+        parts = []
+        for topic in self.topics:
+            t = md.topics.get(topic)
+            if t is None or t.error is not None:
+                raise RuntimeError(
+                    f"topic {topic!r} does not exist on {self.client_config.get('bootstrap.servers')}: "
+                    "create it with `driftrag topics create`"
+                )
+            parts.extend(f"{p}-{topic}" for p in sorted(t.partitions))
+        return parts
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaPartition:
+        idx, topic = for_part.split("-", 1)
+        config = {
+            "group.id": "driftrag-unused",  # required by librdkafka; never committed
+            "enable.auto.commit": False,
+            "enable.partition.eof": not self.tail,
+            "fetch.wait.max.ms": 50,
+            **self.client_config,
+        }
+        offset = self.starting_offset if resume_state is None else resume_state
+        return _KafkaPartition(config, topic, int(idx), offset, self.batch_size, self.tail)
+
+
+# ---------------------------------------------------------------------------------------------------- files
+
+
+class _FilePartition(StatefulSourcePartition[RawMessage, tuple[int, int]]):
+    def __init__(self, topic: str, path: Path, resume: tuple[int, int] | None, batch_size: int):
+        self._f = path.open("rb")
+        self._line, pos = resume or (0, 0)
+        self._f.seek(pos)
+        self._topic = topic
+        self._batch_size = batch_size
+
+    def next_batch(self) -> list[RawMessage]:
+        batch = []
+        topic, line = self._topic, self._line
+        readline = self._f.readline
+        for _ in range(self._batch_size):
+            raw = readline()
+            if not raw:
+                break
+            batch.append(RawMessage(topic, 0, line, None, raw[:-1] if raw.endswith(b"\n") else raw))
+            line += 1
+        self._line = line
+        if not batch:
+            raise StopIteration
+        return batch
+
+    def snapshot(self) -> tuple[int, int]:
+        return (self._line, self._f.tell())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class JsonlFileSource(FixedPartitionedSource[RawMessage, tuple[int, int]]):
+    """One message per line of each file; the line number is the message's offset.
+
+    ``files`` maps a topic name (the contract that applies) to a path. Lines are bytes: a line that is not
+    UTF-8 or not JSON becomes a dead letter like a bad Kafka message would. An empty line is an empty message.
+    """
+
+    def __init__(self, files: dict[str, Path], *, batch_size: int = 1000) -> None:
+        for topic, path in files.items():
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{topic} file not found: {path}")
+        self.files = {t: Path(p) for t, p in files.items()}
+        self.batch_size = batch_size
+
+    def list_parts(self) -> list[str]:
+        return list(self.files)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: tuple[int, int] | None) -> _FilePartition:
+        return _FilePartition(for_part, self.files[for_part], resume_state, self.batch_size)
+
+
+# ---------------------------------------------------------------------------------------------------- embedded
+
+
+class _GeneratorPartition(StatefulSourcePartition[RawMessage, int]):
+    def __init__(self, messages: Iterator[RawMessage], skip: int, batch_size: int, rate: float | None,
+                 max_seconds: float | None):
+        self._it = messages
+        for _ in range(skip):  # deterministic generator: resuming = regenerating and skipping
+            next(self._it, None)
+        self._emitted = skip
+        self._batch_size = batch_size
+        self._rate = rate
+        self._t0 = time.monotonic()
+        self._deadline = None if max_seconds is None else self._t0 + max_seconds
+        self._start_count = skip
+        self._awake: datetime | None = None
+
+    def next_batch(self) -> list[RawMessage]:
+        now = time.monotonic()
+        if self._deadline is not None and now >= self._deadline:
+            raise StopIteration
+        n = self._batch_size
+        if self._rate:
+            # Emit only what the target rate allows by now; the rest waits for the next poll.
+            allowed = int((now - self._t0) * self._rate) - (self._emitted - self._start_count)
+            if allowed <= 0:
+                self._awake = datetime.now(UTC) + timedelta(milliseconds=10)
+                return []
+            self._awake = None
+            n = min(n, allowed)
+        batch = []
+        for m in self._it:
+            batch.append(m)
+            if len(batch) >= n:
+                break
+        if not batch:
+            raise StopIteration
+        self._emitted += len(batch)
+        return batch
+
+    def next_awake(self) -> datetime | None:
+        # Without this a rate-limited source would spin the worker at 100% CPU between batches.
+        return self._awake
+
+    def snapshot(self) -> int:
+        return self._emitted
+
+    def close(self) -> None:
+        pass
+
+
+class GeneratorSource(FixedPartitionedSource[RawMessage, int]):
+    """The workload generator as an in-process source: the embedded mode needs no Kafka.
+
+    ``topics`` maps the generator's logical topics (``engagements``, ``items``) to the physical names the
+    validator expects. Offsets count per topic, as Kafka's would in a one-partition topic.
+    """
+
+    def __init__(self, config, topics: dict[str, str], *, batch_size: int = 1000, rate: float | None = None,
+                 max_seconds: float | None = None) -> None:
+        self.config = config
+        self.topics = dict(topics)
+        self.batch_size = batch_size
+        self.rate = rate
+        self.max_seconds = max_seconds
+
+    def list_parts(self) -> list[str]:
+        return ["generator"]
+
+    def _raw_messages(self) -> Iterator[RawMessage]:
+        from streams.generator import WorkloadGenerator
+
+        offsets = {t: 0 for t in self.topics}
+        topics = self.topics
+        for m in WorkloadGenerator(self.config).messages():
+            off = offsets[m.topic]
+            offsets[m.topic] = off + 1
+            yield RawMessage(topics[m.topic], 0, off, m.key, m.value)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _GeneratorPartition:
+        return _GeneratorPartition(
+            self._raw_messages(), resume_state or 0, self.batch_size, self.rate, self.max_seconds
+        )

@@ -1,0 +1,56 @@
+"""docker-compose.yml cannot run here (no Docker engine), so check it agrees with the code it deploys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from streams.cli import build_parser
+from streams.settings import BrokerSettings, Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_services_present():
+    assert {"kafka", "topics", "job"} <= set(COMPOSE["services"])
+
+
+def test_broker_matches_local_broker_version_and_port():
+    kafka = COMPOSE["services"]["kafka"]
+    image, tag = kafka["image"].split(":")
+    assert image == "apache/kafka"
+    assert tag == BrokerSettings().version
+    host_port = Settings().kafka.bootstrap_servers.rsplit(":", 1)[1]
+    assert f"{host_port}:{host_port}" in kafka["ports"]
+    env = kafka["environment"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, single node, like `driftrag kafka`
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"  # topics come from `driftrag topics create`
+
+
+def test_driftrag_services_reach_the_internal_listener_and_parse():
+    kafka_env = COMPOSE["services"]["kafka"]["environment"]
+    internal = next(a for a in kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(",") if a.startswith("INTERNAL://"))
+    parser = build_parser()
+    for name in ("topics", "job"):
+        svc = COMPOSE["services"][name]
+        env = svc["environment"]
+        settings = Settings.model_validate({})  # the env names must be real settings fields:
+        assert "DRIFTRAG_KAFKA__BOOTSTRAP_SERVERS" in env
+        assert internal.removeprefix("INTERNAL://") == env["DRIFTRAG_KAFKA__BOOTSTRAP_SERVERS"]
+        assert settings.kafka.bootstrap_servers  # default exists; compose overrides it
+        parser.parse_args(svc["command"])  # the command line is one the CLI accepts
+
+
+def test_job_waits_for_topics_and_keeps_recovery_state():
+    job = COMPOSE["services"]["job"]
+    assert job["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    cmd = job["command"]
+    recovery = cmd[cmd.index("--recovery-dir") + 1]
+    assert any(recovery.startswith(v.split(":")[1]) for v in job["volumes"])
+
+
+def test_env_override_reaches_settings(monkeypatch):
+    monkeypatch.setenv("DRIFTRAG_KAFKA__BOOTSTRAP_SERVERS", "kafka:19092")
+    assert Settings().kafka.bootstrap_servers == "kafka:19092"

@@ -1,0 +1,75 @@
+"""The dataflow without a broker: Bytewax TestingSource / JsonlFileSource -> validate -> sinks."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from streams.cli import main
+from streams.contract import ContentEvent, Engagement, RawMessage, Validator, decode_original
+from streams.dataflow import build_flow, encode_dead_letter, is_dead_letter
+from streams.sources import JsonlFileSource
+
+GOOD = b'{"user_id":"u1","item_id":"i1","action":"like","ts":1767225600000,"event_id":"e1"}'
+ITEM = b'{"item_id":"i1","text":"sourdough bread","ts":1767225600000}'
+
+
+def test_flow_routes_each_message_once():
+    msgs = [
+        RawMessage("items", 0, 0, b"i1", ITEM),
+        RawMessage("engagements", 0, 0, b"u1", GOOD),
+        RawMessage("engagements", 0, 1, b"u1", b"\xff"),
+        RawMessage("engagements", 0, 2, b"u1", b"[]"),
+        RawMessage("engagements", 0, 3, b"u1", GOOD.replace(b"e1", b"e2")),
+    ]
+    events, dead = [], []
+    flow = build_flow(TestingSource(msgs, batch_size=2), Validator(),
+                      dead_letter_sink=TestingSink(dead), events_sink=TestingSink(events))
+    run_main(flow)
+    assert [type(e) for e in events] == [ContentEvent, Engagement, Engagement]
+    assert [e.event_id for e in events[1:]] == ["e1", "e2"]
+    docs = [orjson.loads(kv.value) for kv in dead]
+    assert [(d["reason"], d["source"]["offset"]) for d in docs] == [("invalid_utf8", 1), ("not_an_object", 2)]
+    assert [decode_original(d) for d in docs] == [b"\xff", b"[]"]
+    assert [kv.key for kv in dead] == [b"u1", b"u1"]
+
+
+def test_named_steps_work_alone():
+    dl = Validator().validate(RawMessage("engagements", 0, 9, None, b"nope"))
+    assert is_dead_letter(dl)
+    assert orjson.loads(encode_dead_letter(dl).value)["reason"] == "invalid_json"
+
+
+def test_jsonl_source_offsets_are_line_numbers(tmp_path):
+    f = tmp_path / "e.jsonl"
+    f.write_bytes(GOOD + b"\n\n" + b"\xff\n" + GOOD.replace(b"e1", b"e3") + b"\n")
+    events, dead = [], []
+    flow = build_flow(JsonlFileSource({"engagements": f}, batch_size=2), Validator(),
+                      dead_letter_sink=TestingSink(dead), events_sink=TestingSink(events))
+    run_main(flow)
+    assert [e.event_id for e in events] == ["e1", "e3"]
+    docs = [orjson.loads(kv.value) for kv in dead]
+    assert [(d["reason"], d["source"]["offset"]) for d in docs] == [("empty_message", 1), ("invalid_utf8", 2)]
+
+
+def test_run_command_over_files(tmp_path, capsys):
+    ev, it = tmp_path / "e.jsonl", tmp_path / "i.jsonl"
+    ev.write_bytes(GOOD + b"\n" + b"oops\n")
+    it.write_bytes(ITEM + b"\n")
+    out = tmp_path / "out"
+    assert main(["run", "--events", str(ev), "--items", str(it), "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["engagements"] == 1 and summary["content_events"] == 1
+    assert summary["dead_letter_by_reason"] == {"invalid_json": 1}
+    assert json.loads((out / "summary.json").read_text()) == summary
+    lines = (out / "events.jsonl").read_bytes().splitlines()
+    assert sorted(orjson.loads(x)["type"] for x in lines) == ["content", "engagement"]
+    [dl] = (out / "dead_letter.jsonl").read_bytes().splitlines()
+    assert orjson.loads(dl)["source"] == {"topic": "engagements", "partition": 0, "offset": 1}
+
+
+def test_run_command_rejects_missing_file(tmp_path, capsys):
+    assert main(["run", "--events", str(tmp_path / "nope.jsonl")]) == 2
+    assert "not found" in capsys.readouterr().err
