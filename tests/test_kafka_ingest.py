@@ -120,7 +120,8 @@ def test_good_exactly_once_bad_to_dead_letter_job_keeps_running(kafka_settings, 
     by_name = {topic: name for name, topic in topics.items()}
     dead = [orjson.loads(v) for _, v in read_topic(kafka_settings, dl_topic).values()]
     assert len(dead) == len(bad)
-    positions = collections.Counter((d["source"]["topic"], d["source"]["partition"], d["source"]["offset"]) for d in dead)
+    positions = collections.Counter(
+        (d["source"]["topic"], d["source"]["partition"], d["source"]["offset"]) for d in dead)
     assert max(positions.values()) == 1
     kinds_by_value = {m.value: m.bad_kind for m in bad}
     reasons = collections.Counter()
