@@ -1,0 +1,287 @@
+"""A local Apache Kafka broker (KRaft, single node) without Docker: `driftrag kafka start|stop|status|fetch`.
+
+On first use the broker's jars come from Maven Central through ``mvn`` into ``<cache_dir>/kafka-<version>/libs``;
+later starts reuse them. Each broker keeps its config, data, log and pid file in its data directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from streams.settings import BrokerSettings
+
+log = logging.getLogger(__name__)
+
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>driftrag</groupId><artifactId>kafka-broker</artifactId><version>1</version><packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>{version}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>2.24.3</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>2.24.3</version></dependency>
+  </dependencies>
+</project>
+"""
+
+_LOG4J = """rootLogger.level=WARN
+rootLogger.appenderRef.stdout.ref=STDOUT
+appender.stdout.type=Console
+appender.stdout.name=STDOUT
+appender.stdout.layout.type=PatternLayout
+appender.stdout.layout.pattern=[%d] %p %m (%c)%n
+"""
+
+
+def server_properties(host: str, port: int, controller_port: int, log_dir: Path) -> str:
+    """KRaft single-node config: one process is broker and controller.
+
+    >>> "listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093" in server_properties(
+    ...     "127.0.0.1", 9092, 9093, Path("/d"))
+    True
+    """
+    return "\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@{host}:{controller_port}",
+        f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}",
+        f"advertised.listeners=PLAINTEXT://{host}:{port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"log.dirs={log_dir}",
+        "num.partitions=1",
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=5",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        # Typos in topic names must fail loudly: topics come from `driftrag topics create`.
+        "auto.create.topics.enable=false",
+        "log.retention.check.interval.ms=60000",
+        "",
+    ])
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child (exited, not reaped) still answers kill(0): check its state.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+class LocalKafka:
+    """One local broker: fetch jars, write config, format storage, start, wait, stop."""
+
+    def __init__(self, broker: BrokerSettings) -> None:
+        self.settings = broker
+        self.data_dir = Path(broker.resolved_data_dir)
+        self.libs = Path(broker.cache_dir) / f"kafka-{broker.version}" / "libs"
+        self.pid_file = self.data_dir / "broker.pid"
+        self.log_file = self.data_dir / "broker.log"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.settings.host}:{self.settings.port}"
+
+    # -- jars --------------------------------------------------------------------------------------------
+
+    def fetch(self, progress: Callable[[str], None] = print) -> Path:
+        marker = self.libs / ".complete"
+        if marker.exists():
+            return self.libs
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise RuntimeError("`mvn` not found: it fetches the Kafka jars from Maven Central "
+                               "(install it, e.g. `apt-get install maven`)")
+        work = self.libs.parent
+        if self.libs.exists():  # a half-done earlier fetch
+            shutil.rmtree(self.libs)
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "pom.xml").write_text(_POM.format(version=self.settings.version))
+        progress(f"fetching Apache Kafka {self.settings.version} jars from Maven Central into {self.libs}")
+        r = subprocess.run(
+            [mvn, "-q", "-B", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
+             f"-DoutputDirectory={self.libs}", "-DincludeScope=runtime"],
+            capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"mvn failed to fetch Kafka {self.settings.version}:\n{(r.stdout + r.stderr)[-3000:]}")
+        marker.write_text(self.settings.version)
+        return self.libs
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def _pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if not _pid_alive(pid):
+            return None
+        try:  # a stale pid file may name a recycled pid: only a Kafka JVM counts
+            if b"kafka.Kafka" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return None
+        except OSError:
+            pass
+        return pid
+
+    def _java(self) -> str:
+        java = shutil.which("java")
+        if java is None:
+            raise RuntimeError("`java` not found: Kafka 4 needs Java 17+ "
+                               "(e.g. `apt-get install openjdk-17-jre-headless`)")
+        return java
+
+    def _answers(self, timeout: float = 2.0) -> bool:
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0}).list_topics(timeout=timeout)
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not answering"
+            return False
+
+    def start(self, progress: Callable[[str], None] = print) -> None:
+        s = self.settings
+        if self._pid() is not None:
+            progress(f"broker already running on {self.bootstrap} (pid {self._pid()})")
+            self._wait_ready(progress)
+            return
+        cport = s.resolved_controller_port
+        for p in (s.port, cport):
+            if _port_open(s.host, p):
+                raise RuntimeError(f"port {s.host}:{p} is already in use by another process")
+        java = self._java()
+        libs = self.fetch(progress)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "server.properties"
+        config.write_text(server_properties(s.host, s.port, cport, self.data_dir / "logs"))
+        log4j = self.data_dir / "log4j2.properties"
+        log4j.write_text(_LOG4J)
+        cp = f"{libs}/*"
+        base = [java, "-cp", cp, f"-Dlog4j2.configurationFile={log4j}"]
+        if not (self.data_dir / "logs" / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            r = subprocess.run([*base, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"formatting Kafka storage failed:\n{(r.stdout + r.stderr)[-3000:]}")
+        progress(f"starting Apache Kafka {s.version} on {self.bootstrap} (data: {self.data_dir})")
+        with self.log_file.open("ab") as logf:
+            proc = subprocess.Popen(
+                [java, f"-Xmx{s.heap}", f"-Xms{s.heap}", "-XX:+UseG1GC", *base[1:], "kafka.Kafka", str(config)],
+                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # outlives this command; `driftrag kafka stop` ends it
+            )
+        self.pid_file.write_text(str(proc.pid))
+        self._wait_ready(progress, proc)
+
+    def _wait_ready(self, progress: Callable[[str], None], proc: subprocess.Popen | None = None) -> None:
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"the broker exited with code {proc.returncode}:\n{self._log_tail()}")
+            if self._answers():
+                progress(f"broker ready on {self.bootstrap}")
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"the broker did not answer within {self.settings.start_timeout_s}s:\n{self._log_tail()}")
+
+    def _log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")[-n:]
+        except OSError:
+            return "(no broker log)"
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        pid = self._pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.killpg(pid, signal.SIGTERM)  # the broker leads its own session: the group is just the JVM
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _pid_alive(pid):
+            time.sleep(0.2)
+        if _pid_alive(pid):
+            log.warning("broker %d ignored SIGTERM for %ss; killing it", pid, timeout_s)
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def status(self) -> dict:
+        pid = self._pid()
+        return {
+            "running": pid is not None,
+            "pid": pid,
+            "bootstrap": self.bootstrap,
+            "answers": pid is not None and self._answers(),
+            "data_dir": str(self.data_dir),
+            "version": self.settings.version,
+        }
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["start", "stop", "status", "fetch"])
+    p.add_argument("--port", type=int, help="client port (default: settings.broker.port, 9092)")
+    p.add_argument("--controller-port", type=int, help="KRaft controller port (default: port + 1)")
+    p.add_argument("--data-dir", type=Path, help="broker data (default: <cache_dir>/broker-<port>)")
+    p.add_argument("--version", dest="kafka_version", help="Apache Kafka version (default: 4.1.1)")
+    p.add_argument("--heap", help="JVM heap, e.g. 512m")
+    p.add_argument("--clean", action="store_true", help="with stop: delete the broker's data directory")
+
+
+def run(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
+    overrides = {k: v for k, v in {"port": args.port, "controller_port": args.controller_port,
+                                   "data_dir": args.data_dir, "version": args.kafka_version,
+                                   "heap": args.heap}.items() if v is not None}
+    broker = LocalKafka(settings.broker.model_copy(update=overrides))
+
+    def say(msg: str) -> None:
+        print(f"[driftrag kafka] {msg}", file=sys.stderr, flush=True)
+
+    try:
+        if args.action == "fetch":
+            say(f"jars in {broker.fetch(say)}")
+        elif args.action == "start":
+            broker.start(say)
+        elif args.action == "stop":
+            say("stopped" if broker.stop() else "no broker was running")
+            if args.clean and broker.data_dir.exists():
+                shutil.rmtree(broker.data_dir)
+                say(f"deleted {broker.data_dir}")
+        else:
+            st = broker.status()
+            print(json.dumps(st))
+            return 0 if st["running"] else 3
+    except RuntimeError as e:
+        say(f"error: {e}")
+        return 1
+    return 0
