@@ -86,9 +86,9 @@ def raw_consume(kafka: KafkaSettings, topics: list[str], expected: int) -> tuple
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--events", type=int, default=100_000, help="engagement events (plus content events)")
+    p.add_argument("--events", type=int, default=300_000, help="engagement events (plus content events)")
     p.add_argument("--bad-fraction", type=float, default=0.02)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--bootstrap", help="use this broker instead of starting one")
     args = p.parse_args()
 

@@ -21,6 +21,9 @@ from streams.contract import RawMessage
 
 log = logging.getLogger(__name__)
 
+# How long an idle Kafka partition lets the worker sleep before polling again (bounds added latency).
+_IDLE_BACKOFF = timedelta(milliseconds=5)
+
 
 # ---------------------------------------------------------------------------------------------------- Kafka
 
@@ -35,11 +38,14 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
         self._batch_size = batch_size
         self._tail = tail
         self._eof = False
+        self._awake: datetime | None = None
 
     def next_batch(self) -> list[RawMessage]:
         if self._eof:
             raise StopIteration
-        msgs = self._consumer.consume(self._batch_size, 0.05)
+        # Never block the worker: other partitions and operators share its thread. librdkafka prefetches in
+        # the background; when nothing is there, next_awake() lets the worker sleep a little instead of spin.
+        msgs = self._consumer.consume(self._batch_size, 0)
         batch: list[RawMessage] = []
         append = batch.append
         topic, part = self._topic, self._partition
@@ -55,7 +61,13 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
             append(RawMessage(topic, part, m.offset(), m.key(), m.value()))
         if batch:
             self._offset = batch[-1].offset + 1
+            self._awake = None
+        elif not msgs:
+            self._awake = datetime.now(UTC) + _IDLE_BACKOFF
         return batch
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
 
     def snapshot(self) -> int:
         return self._offset

@@ -73,3 +73,15 @@ def test_run_command_over_files(tmp_path, capsys):
 def test_run_command_rejects_missing_file(tmp_path, capsys):
     assert main(["run", "--events", str(tmp_path / "nope.jsonl")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_embedded_run_needs_no_kafka(capsys):
+    from streams.generator import GeneratorConfig, WorkloadGenerator
+
+    assert main(["run", "--embedded", "--max-events", "3000", "--bad-fraction", "0.05", "--seed", "3"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    expected = list(WorkloadGenerator(GeneratorConfig(seed=3, events=3000, bad_fraction=0.05)).messages())
+    assert summary["mode"] == "embedded"
+    assert summary["messages"] == len(expected)
+    assert summary["dead_letter"] == sum(m.bad_kind is not None for m in expected)
+    assert summary["engagements"] == sum(m.bad_kind is None and m.topic == "engagements" for m in expected)
