@@ -72,7 +72,6 @@ def main() -> int:
     st = SentenceTransformer(resolve_model(args.model), device=device)
     rates["plain_encode"] = timed(lambda t: st.encode(t, show_progress_bar=False), texts, args.repeats)
     log(f"plain SentenceTransformer.encode ({device}, fp32): {statistics.median(rates['plain_encode']):,.0f}/s")
-    del st
 
     names = {}
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:

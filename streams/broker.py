@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -121,18 +122,26 @@ class LocalKafka:
             raise RuntimeError("`mvn` not found: it fetches the Kafka jars from Maven Central "
                                "(install it, e.g. `apt-get install maven`)")
         work = self.libs.parent
-        if self.libs.exists():  # a half-done earlier fetch
-            shutil.rmtree(self.libs)
         work.mkdir(parents=True, exist_ok=True)
-        (work / "pom.xml").write_text(_POM.format(version=self.settings.version))
-        progress(f"fetching Apache Kafka {self.settings.version} jars from Maven Central into {self.libs}")
-        r = subprocess.run(
-            [mvn, "-q", "-B", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
-             f"-DoutputDirectory={self.libs}", "-DincludeScope=runtime"],
-            capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"mvn failed to fetch Kafka {self.settings.version}:\n{(r.stdout + r.stderr)[-3000:]}")
-        marker.write_text(self.settings.version)
+        # Several processes (test sessions, a developer's shell) share the cache: one fetch at a time.
+        with (work / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if marker.exists():  # another process finished the fetch while we waited
+                return self.libs
+            if self.libs.exists():  # a half-done earlier fetch
+                shutil.rmtree(self.libs)
+            (work / "pom.xml").write_text(_POM.format(version=self.settings.version))
+            progress(f"fetching Apache Kafka {self.settings.version} jars from Maven Central into {self.libs}")
+            r = subprocess.run(
+                [mvn, "-q", "-B", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
+                 f"-DoutputDirectory={self.libs}", "-DincludeScope=runtime"],
+                capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(
+                    f"mvn failed to fetch Kafka {self.settings.version}:\n{(r.stdout + r.stderr)[-3000:]}")
+            if not list(self.libs.glob("kafka_2.13-*.jar")):
+                raise RuntimeError(f"mvn succeeded but left no kafka_2.13 jar in {self.libs}")
+            marker.write_text(self.settings.version)
         return self.libs
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -174,9 +183,13 @@ class LocalKafka:
             self._wait_ready(progress)
             return
         cport = s.resolved_controller_port
+        if _port_open(s.host, s.port) and self._answers():
+            progress(f"a Kafka broker (not started from {self.data_dir}) already answers on {self.bootstrap}")
+            return
         for p in (s.port, cport):
             if _port_open(s.host, p):
-                raise RuntimeError(f"port {s.host}:{p} is already in use by another process")
+                raise RuntimeError(f"port {s.host}:{p} is already in use by another process "
+                                   "(choose another with --port / --controller-port)")
         java = self._java()
         libs = self.fetch(progress)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -200,7 +213,11 @@ class LocalKafka:
                 start_new_session=True,  # outlives this command; `driftrag kafka stop` ends it
             )
         self.pid_file.write_text(str(proc.pid))
-        self._wait_ready(progress, proc)
+        try:
+            self._wait_ready(progress, proc)
+        except BaseException:  # timeout, Ctrl-C: never leave a half-started JVM behind
+            self.stop(timeout_s=10)
+            raise
 
     def _wait_ready(self, progress: Callable[[str], None], proc: subprocess.Popen | None = None) -> None:
         deadline = time.monotonic() + self.settings.start_timeout_s
@@ -224,17 +241,37 @@ class LocalKafka:
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return False
-        os.killpg(pid, signal.SIGTERM)  # the broker leads its own session: the group is just the JVM
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and _pid_alive(pid):
-            time.sleep(0.2)
-        if _pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):  # it may have exited by itself meanwhile
+            os.killpg(pid, signal.SIGTERM)  # the broker leads its own session: the group is just the JVM
+        if not self._wait_exit(pid, timeout_s):
             log.warning("broker %d ignored SIGTERM for %ss; killing it", pid, timeout_s)
-            os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            self._wait_exit(pid, 10.0)
         self.pid_file.unlink(missing_ok=True)
         return True
+
+    @staticmethod
+    def _wait_exit(pid: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # reap it if it is our child, or it stays a zombie
+            if not _pid_alive(pid):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def clean(self) -> None:
+        """Delete the data directory (topics, offsets, log). The broker must be stopped."""
+        if self._pid() is not None:
+            raise RuntimeError(f"the broker from {self.data_dir} is running; stop it before deleting its data")
+        if not self.data_dir.exists():
+            return
+        # --data-dir can point anywhere: only delete what looks like a broker data dir this module made.
+        if not any((self.data_dir / n).exists() for n in ("server.properties", "broker.pid", "broker.log")):
+            raise RuntimeError(f"{self.data_dir} does not look like a driftrag broker data dir; not deleting it")
+        shutil.rmtree(self.data_dir)
 
     def status(self) -> dict:
         pid = self._pid()
@@ -262,7 +299,8 @@ def run(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
     overrides = {k: v for k, v in {"port": args.port, "controller_port": args.controller_port,
                                    "data_dir": args.data_dir, "version": args.kafka_version,
                                    "heap": args.heap}.items() if v is not None}
-    broker = LocalKafka(settings.broker.model_copy(update=overrides))
+    # model_validate (not model_copy): a bad --port is a clear validation error, not a broken broker.
+    broker = LocalKafka(BrokerSettings.model_validate({**settings.broker.model_dump(), **overrides}))
 
     def say(msg: str) -> None:
         print(f"[driftrag kafka] {msg}", file=sys.stderr, flush=True)
@@ -275,11 +313,13 @@ def run(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
         elif args.action == "stop":
             say("stopped" if broker.stop() else "no broker was running")
             if args.clean and broker.data_dir.exists():
-                shutil.rmtree(broker.data_dir)
+                broker.clean()
                 say(f"deleted {broker.data_dir}")
         else:
             st = broker.status()
-            print(json.dumps(st))
+            say(f"{'running, pid ' + str(st['pid']) if st['running'] else 'not running'} on {st['bootstrap']}"
+                f" ({'answers' if st['answers'] else 'does not answer'} metadata requests)")
+            print(json.dumps(st), flush=True)
             return 0 if st["running"] else 3
     except RuntimeError as e:
         say(f"error: {e}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Iterable
@@ -24,6 +25,8 @@ from confluent_kafka.admin import (
 )
 
 from streams.settings import KafkaSettings, TopicSpec
+
+log = logging.getLogger(__name__)
 
 
 def _configs(spec: TopicSpec) -> dict[str, str]:
@@ -57,6 +60,10 @@ def ensure_topics(kafka: KafkaSettings, logical: Iterable[str] | None = None, ti
     for name, spec in specs.items():
         if name not in result:
             result[name] = "updated" if _align_configs(admin, name, spec, timeout_s) else "exists"
+            have = existing.get(name)
+            if have is not None and len(have.partitions) != spec.partitions:
+                log.warning("topic %s has %d partitions, config says %d: left as is (changing it moves keys)",
+                            name, len(have.partitions), spec.partitions)
     _wait_for_leaders(admin, {n: specs[n].partitions for n, r in result.items() if r == "created"}, timeout_s)
     return result
 
@@ -67,13 +74,20 @@ def _align_configs(admin: AdminClient, name: str, spec: TopicSpec, timeout_s: fl
     want = _configs(spec)
     changes = [
         ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
-        for k, v in want.items() if current[k].value != v
+        for k, v in want.items() if _normal(k, current[k].value) != _normal(k, v)
     ]
     if not changes:
         return False
     res = ConfigResource(ResourceType.TOPIC, name, incremental_configs=changes)
     admin.incremental_alter_configs([res], request_timeout=timeout_s)[res].result()
     return True
+
+
+def _normal(key: str, value: str | None) -> str | None:
+    # "compact,delete" and "delete,compact" are the same policy: no endless "updated" over the order.
+    if key == "cleanup.policy" and value is not None:
+        return ",".join(sorted(v.strip() for v in value.split(",")))
+    return value
 
 
 def _wait_for_leaders(admin: AdminClient, partitions: dict[str, int], timeout_s: float) -> None:
@@ -94,11 +108,22 @@ def _wait_for_leaders(admin: AdminClient, partitions: dict[str, int], timeout_s:
 
 
 def delete_topics(kafka: KafkaSettings, physical_names: Iterable[str], timeout_s: float = 30) -> None:
+    """Delete topics (ones already gone are fine) and wait until the metadata no longer lists them."""
     names = list(physical_names)
-    if names:
-        admin = _admin(kafka)  # must outlive the futures: a destroyed client fails them
-        for fut in admin.delete_topics(names, request_timeout=timeout_s).values():
+    if not names:
+        return
+    admin = _admin(kafka)  # must outlive the futures: a destroyed client fails them
+    for fut in admin.delete_topics(names, request_timeout=timeout_s).values():
+        try:
             fut.result()
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise
+    deadline = time.monotonic() + timeout_s
+    while set(names) & set(admin.list_topics(timeout=timeout_s).topics):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics still listed {timeout_s}s after deletion: {sorted(names)}")
+        time.sleep(0.2)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -4,6 +4,8 @@ never skipped silently."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
 import uuid
@@ -12,11 +14,31 @@ import pytest
 
 from streams.settings import BrokerSettings, KafkaSettings, Settings
 
+log = logging.getLogger(__name__)
+
+KAFKA_FIXTURES = {"kafka_bootstrap", "kafka_settings"}
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports on 127.0.0.1 (all sockets held at once, so no port is handed out twice)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    # A test that needs the broker is a kafka test even if its author forgot the marker: `-m "not kafka"`
+    # must deselect it rather than start a broker.
+    for item in items:
+        if KAFKA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kafka)
 
 
 @pytest.fixture(scope="session")
@@ -25,25 +47,40 @@ def kafka_bootstrap(tmp_path_factory):
     if external:
         from confluent_kafka.admin import AdminClient
 
-        AdminClient({"bootstrap.servers": external}).list_topics(timeout=15)  # fails loudly if it doesn't answer
+        try:
+            AdminClient({"bootstrap.servers": external}).list_topics(timeout=15)
+        except Exception as e:  # noqa: BLE001 - any failure: say which broker and why, then fail (not skip)
+            pytest.fail(f"DRIFTRAG_TEST_BOOTSTRAP={external} does not answer a metadata request: {e}")
         yield external
         return
     from streams.broker import LocalKafka
 
-    broker = LocalKafka(BrokerSettings(port=free_port(), controller_port=free_port(),
+    port, controller_port = free_ports(2)
+    # The real jar cache (default ~/.cache/driftrag, or DRIFTRAG_BROKER__CACHE_DIR): fetched once, reused.
+    broker = LocalKafka(BrokerSettings(port=port, controller_port=controller_port,
+                                       cache_dir=Settings().broker.cache_dir,
                                        data_dir=tmp_path_factory.mktemp("kafka"), heap="512m"))
-    broker.start(progress=lambda m: print(f"[kafka fixture] {m}"))
     try:
+        broker.start(progress=lambda m: print(f"[kafka fixture] {m}"))
         yield broker.bootstrap
     finally:
         broker.stop()
 
 
 @pytest.fixture
-def kafka_settings(kafka_bootstrap) -> Settings:
+def kafka_settings(kafka_bootstrap):
     """Settings on the test broker with a topic prefix of its own, every default topic created."""
-    from streams.topics import ensure_topics
+    from confluent_kafka.admin import AdminClient
+
+    from streams.topics import delete_topics, ensure_topics
 
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:8]}.")
     ensure_topics(kafka)
-    return Settings(kafka=kafka)
+    yield Settings(kafka=kafka)
+    # Drop every topic of this test (also ones it added itself): keeps a shared or long-lived broker clean.
+    try:
+        names = [n for n in AdminClient(kafka.client()).list_topics(timeout=10).topics
+                 if n.startswith(kafka.topic_prefix)]
+        delete_topics(kafka, names, timeout_s=10)
+    except Exception as e:  # noqa: BLE001 - cleanup only; the test's result stands
+        log.warning("could not delete test topics with prefix %s: %s", kafka.topic_prefix, e)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
+from pathlib import Path
 
 import pytest
 
 from streams.broker import LocalKafka, server_properties
 from streams.cli import main
 from streams.settings import BrokerSettings
-from tests.conftest import free_port
+from tests.conftest import free_port, free_ports
 
 
 def test_server_properties_kraft_single_node(tmp_path):
@@ -33,9 +36,52 @@ def test_missing_mvn_is_a_clear_error(tmp_path, monkeypatch):
 def test_status_of_a_stopped_broker(tmp_path, capsys):
     port = free_port()
     assert main(["kafka", "status", "--port", str(port), "--data-dir", str(tmp_path)]) == 3
-    st = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    assert "not running" in err
+    st = json.loads(out)
     assert st == {"running": False, "pid": None, "bootstrap": f"127.0.0.1:{port}", "answers": False,
                   "data_dir": str(tmp_path), "version": BrokerSettings().version}
+
+
+def test_port_used_by_another_program_is_a_clear_error(tmp_path):
+    with socket.socket() as s:  # listens, but is no Kafka broker
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        broker = LocalKafka(BrokerSettings(port=port, controller_port=free_port(), data_dir=tmp_path))
+        with pytest.raises(RuntimeError, match=f"127.0.0.1:{port} is already in use"):
+            broker.start(progress=lambda m: None)
+
+
+def test_clean_refuses_a_directory_that_is_no_broker_data_dir(tmp_path, capsys):
+    keep = tmp_path / "precious.txt"
+    keep.write_text("not Kafka's")
+    assert main(["kafka", "stop", "--port", str(free_port()), "--data-dir", str(tmp_path), "--clean"]) == 1
+    assert "not deleting" in capsys.readouterr().err
+    assert keep.exists()
+
+
+def _leftover_brokers(data_dir) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"kafka.Kafka" in args and str(data_dir / "server.properties").encode() in args:
+            found.append(cmdline.parent.name)
+    return found
+
+
+@pytest.mark.kafka
+def test_a_start_that_times_out_leaves_no_broker_running(tmp_path):
+    port, cport = free_ports(2)
+    broker = LocalKafka(BrokerSettings(port=port, controller_port=cport, data_dir=tmp_path / "b",
+                                       start_timeout_s=0.5))
+    with pytest.raises(RuntimeError, match="did not answer"):
+        broker.start(progress=lambda m: None)
+    assert not broker.pid_file.exists()
+    assert _leftover_brokers(tmp_path / "b") == [], f"pid {os.getpid()} left a broker running"
 
 
 @pytest.mark.kafka
@@ -45,7 +91,8 @@ def test_start_produce_consume_stop_restart(tmp_path):
     from streams.settings import KafkaSettings
     from streams.topics import ensure_topics
 
-    broker = LocalKafka(BrokerSettings(port=free_port(), controller_port=free_port(), data_dir=tmp_path / "b"))
+    port, cport = free_ports(2)
+    broker = LocalKafka(BrokerSettings(port=port, controller_port=cport, data_dir=tmp_path / "b"))
     try:
         broker.start(progress=lambda m: None)
         st = broker.status()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -36,7 +37,15 @@ def test_ensure_topics_is_idempotent_and_follows_config(kafka_bootstrap):
     kafka.topics["engagements"] = kafka.topics["engagements"].model_copy(update={"retention_ms": 3_600_000})
     assert ensure_topics(kafka, ["engagements"]) == {prefix + "engagements": "updated"}
     assert describe(kafka_bootstrap, prefix + "engagements")[1]["retention.ms"] == "3600000"
+    kafka.topics["changelog"] = kafka.topics["changelog"].model_copy(update={"cleanup_policy": "compact,delete"})
+    assert ensure_topics(kafka, ["changelog"]) == {prefix + "changelog": "updated"}
+    # The same policy written the other way round is no change.
+    kafka.topics["changelog"] = kafka.topics["changelog"].model_copy(update={"cleanup_policy": "delete,compact"})
+    assert ensure_topics(kafka, ["changelog"]) == {prefix + "changelog": "exists"}
+
     delete_topics(kafka, first)
+    assert not set(first) & set(AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10).topics)
+    delete_topics(kafka, first)  # already gone: fine
 
 
 def test_topics_command(kafka_bootstrap, capsys):
@@ -44,6 +53,6 @@ def test_topics_command(kafka_bootstrap, capsys):
 
     prefix = f"c{uuid.uuid4().hex[:6]}."
     assert main(["topics", "create", "--bootstrap-servers", kafka_bootstrap, "--topic-prefix", prefix]) == 0
-    assert set(__import__("json").loads(capsys.readouterr().out).values()) == {"created"}
+    assert set(json.loads(capsys.readouterr().out).values()) == {"created"}
     assert main(["topics", "list", "--bootstrap-servers", kafka_bootstrap]) == 0
     assert prefix + "dead-letter" in capsys.readouterr().out
