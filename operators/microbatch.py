@@ -41,6 +41,11 @@ class MicroBatcher(Generic[T]):
             return self.flush()
         return None
 
+    def restore(self, items: list[T], now: float) -> None:
+        """Reopen a snapshotted batch; its latency budget restarts at ``now``."""
+        self._items = list(items)
+        self._deadline = now + self.max_latency_s if self._items else None
+
     def due(self, now: float) -> bool:
         return self._deadline is not None and now >= self._deadline
 
