@@ -100,6 +100,16 @@ def resolve_model(model: str | os.PathLike | None) -> str:
     return str(model)
 
 
+def model_id(model: str | os.PathLike | None) -> str:
+    """The id recorded in artifacts (codebooks): the canonical name for the default model's aliases (its local
+    path differs per machine), else the name or path as given.
+
+    >>> model_id("default")
+    'sentence-transformers/all-MiniLM-L6-v2'
+    """
+    return DEFAULT_MODEL if resolve_model(model) == resolve_model(None) else str(model)
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("DRIFTRAG_CACHE_DIR", Path.home() / ".cache" / "driftrag")) / "onnx"
 

@@ -1,15 +1,17 @@
 """Engagements meet their item's cluster: per item, the cluster once known and the engagements waiting for it.
 
-Waiting is bounded per item (count and event-time age); what falls out is counted, not silently kept forever.
+Waiting is bounded per item: by count, and by how long (processing time) an engagement has waited; what falls
+out is counted, not silently kept forever. Processing time, not event time: when the job catches up on a
+backlog, an item's content can be minutes of processing behind its engagements but hours behind in event time.
 
 >>> j = ItemClusterJoin(max_pending=2, max_wait_ms=1_000)
->>> j.on_engagement("e1", ts_ms=0), j.on_engagement("e2", ts_ms=10)
+>>> j.on_engagement("e1", now_ms=0), j.on_engagement("e2", now_ms=10)
 (([], 0), ([], 0))
->>> j.on_engagement("e3", ts_ms=20)          # a third one pushes the oldest out
+>>> j.on_engagement("e3", now_ms=20)          # a third one pushes the oldest out
 ([], 1)
 >>> j.on_item(cluster=4, distance=0.2)       # the content arrives: the waiting ones are released
 [('e2', 4), ('e3', 4)]
->>> j.on_engagement("e4", ts_ms=30)
+>>> j.on_engagement("e4", now_ms=30)
 ([('e4', 4)], 0)
 """
 
@@ -37,16 +39,16 @@ class ItemClusterJoin:
         self._pending = []
         return released
 
-    def on_engagement(self, engagement: Any, ts_ms: int) -> tuple[list[tuple[Any, int]], int]:
+    def on_engagement(self, engagement: Any, now_ms: int) -> tuple[list[tuple[Any, int]], int]:
         """Returns (engagements ready with their cluster, how many waiting ones were dropped)."""
         if self.cluster is not None:
             return [(engagement, self.cluster)], 0
         dropped = 0
         if self._pending and self.max_wait_ms is not None:
-            kept = [(t, e) for t, e in self._pending if ts_ms - t <= self.max_wait_ms]
+            kept = [(t, e) for t, e in self._pending if now_ms - t <= self.max_wait_ms]
             dropped += len(self._pending) - len(kept)
             self._pending = kept
-        self._pending.append((ts_ms, engagement))
+        self._pending.append((now_ms, engagement))
         if len(self._pending) > self.max_pending:
             dropped += len(self._pending) - self.max_pending
             self._pending = self._pending[-self.max_pending:] if self.max_pending else []

@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 
+from confluent_kafka import KafkaException
 from pydantic import ValidationError
 
 # subcommand -> (module with add_arguments(parser) and run(args, settings) -> int, help)
@@ -15,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "topics": ("streams.topics", "create (idempotently) or list the project's Kafka topics"),
     "generate": ("streams.generator", "write a drifting synthetic workload to JSONL files or Kafka"),
     "run": ("streams.job", "run the stream job (Kafka, files, or --embedded with no Kafka)"),
+    "clusters": ("streams.clusters_cli", "build, show or list interest-cluster codebooks"),
 }
 
 
@@ -50,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         # Bad arguments or config: one clear line, no stack trace.
         print(f"driftrag {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KafkaException as e:
+        print(f"driftrag {args.command}: error: Kafka at {settings.kafka.bootstrap_servers}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -55,8 +55,8 @@ class ClusteringConfig:
     max_batch: int = 64
     max_latency_s: float = 0.020
     cache_entries: int = 50_000
-    max_pending: int = 64
-    max_wait_ms: int = 3_600_000
+    max_pending: int = 1000
+    max_wait_ms: int = 600_000
     shards: int = 1
 
 
@@ -131,7 +131,7 @@ def _join_step(max_pending: int, max_wait_ms: int):  # noqa: ANN202
         if type(v) is EmbeddedItem:
             released = state.on_item(v.cluster, v.distance)
         else:
-            released, dropped = state.on_engagement(v, v.ts_ms)
+            released, dropped = state.on_engagement(v, int(time.time() * 1000))
             if not released:
                 ENGAGEMENTS_WAITING.inc()
             if dropped:

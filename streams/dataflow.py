@@ -4,9 +4,13 @@
       -> validate                                           Engagement | ContentEvent | DeadLetter
       -> split_dead_letters
            trues  -> encode_dead_letter -> dead-letter sink KeyedValue(key, dead-letter JSON)
-           falses -> events sink                            Engagement | ContentEvent
+           falses -> (valid sink)                           Engagement | ContentEvent
+                  -> content stage (when clustering)        see streams/content_stage.py
+                       -> items sink                        EmbeddedItem
+                       -> events sink                       ClusteredEngagement
+                  -> events sink (without clustering)       Engagement | ContentEvent
 
-The events sink is where the next stages (embedding, clusters, transitions, drift, index) attach.
+The events sink is where the next stages (transitions, drift, index) attach.
 Every step is a named function that can be tested alone.
 """
 
@@ -17,6 +21,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
+from streams.content_stage import ClusteringConfig, cluster_events
 from streams.contract import ContentEvent, DeadLetter, Engagement, Validator
 from streams.metrics import DEAD_LETTERS
 from streams.sinks import KeyedValue
@@ -38,6 +43,9 @@ def build_flow(
     *,
     dead_letter_sink: Sink,
     events_sink: Sink,
+    valid_sink: Sink | None = None,
+    clustering: ClusteringConfig | None = None,
+    items_sink: Sink | None = None,
     flow_id: str = "driftrag",
 ) -> Dataflow:
     flow = Dataflow(flow_id)
@@ -46,5 +54,14 @@ def build_flow(
     split = op.branch("split_dead_letters", checked, is_dead_letter)
     dead = op.map("encode_dead_letter", split.trues, encode_dead_letter)
     op.output("write_dead_letters", dead, dead_letter_sink)
-    op.output("write_events", split.falses, events_sink)
+    valid = split.falses
+    if valid_sink is not None:
+        op.output("write_valid", valid, valid_sink)
+    if clustering is None:
+        op.output("write_events", valid, events_sink)
+        return flow
+    items, clustered = cluster_events(valid, clustering)
+    if items_sink is not None:
+        op.output("write_items", items, items_sink)
+    op.output("write_events", clustered, events_sink)
     return flow

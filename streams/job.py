@@ -6,6 +6,7 @@ Bytewax's worker/process/recovery options pass straight through to ``bytewax.run
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -18,8 +19,12 @@ from typing import Any
 import orjson
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
+from prometheus_client import REGISTRY
 
-from streams.contract import ContentEvent, Engagement, Validator
+from operators.content import EmbeddedItem
+from operators.embedding import make_embedder, model_id
+from streams.content_stage import ClusteredEngagement, ClusteringConfig
+from streams.contract import ContentEvent, Engagement, RawMessage, Validator
 from streams.dataflow import build_flow
 from streams.metrics import EVENTS_VALID
 from streams.settings import Settings
@@ -33,6 +38,24 @@ def event_to_json(e: Engagement | ContentEvent) -> bytes:
     """One validated event as a JSON line, with its type."""
     kind = "engagement" if type(e) is Engagement else "content"
     return orjson.dumps({"type": kind, **{f: getattr(e, f) for f in e.__slots__}})
+
+
+def clustered_to_json(ce: ClusteredEngagement) -> bytes:
+    e = ce.engagement
+    return orjson.dumps({"type": "engagement", **{f: getattr(e, f) for f in e.__slots__}, "cluster": ce.cluster})
+
+
+def item_to_json(i: EmbeddedItem) -> bytes:
+    return orjson.dumps({"item_id": i.item_id, "ts_ms": i.ts_ms, "cluster": i.cluster,
+                         "distance": round(i.distance, 5), "novel": i.novel})
+
+
+def _unresolved() -> int:
+    return int(REGISTRY.get_sample_value("driftrag_engagements_unresolved_total") or 0)
+
+
+def say(msg: str) -> None:
+    print(f"[driftrag] {msg}", file=sys.stderr, flush=True)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,6 +85,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     bw.add_argument("-r", "--recovery-dir", type=Path, help="recovery store directory (enables recovery)")
     bw.add_argument("-s", "--snapshot-interval", type=float, help="seconds between snapshots (epoch length)")
     bw.add_argument("-b", "--backup-interval", type=float, help="seconds to keep old snapshots")
+    clu = p.add_argument_group("embedding and interest clusters")
+    clu.add_argument("--no-clusters", action="store_true", help="validate only: no embedding, no clusters")
+    clu.add_argument("--backend", help="embedding backend: auto, onnx, onnx-int8, torch (default: settings)")
+    clu.add_argument("--model", help="sentence-transformers model name or path (default: all-MiniLM-L6-v2)")
+    clu.add_argument("--codebook-dir", type=Path, help="codebook store (default: settings.clusters.codebook_dir)")
     p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
 
 
@@ -72,7 +100,11 @@ def _apply_overrides(args: argparse.Namespace, settings: Settings) -> Settings:
         "workers_per_process": args.workers_per_process, "recovery_dir": args.recovery_dir,
         "snapshot_interval_s": args.snapshot_interval, "backup_interval_s": args.backup_interval}.items()
         if v is not None})
-    return settings.model_copy(update={"kafka": kafka, "run": run})
+    embedding = settings.embedding.model_validate({**settings.embedding.model_dump(), **{
+        k: v for k, v in {"backend": args.backend, "model": args.model}.items() if v is not None}})
+    clusters = settings.clusters.model_copy(update={k: v for k, v in {
+        "codebook_dir": args.codebook_dir}.items() if v is not None})
+    return settings.model_copy(update={"kafka": kafka, "run": run, "embedding": embedding, "clusters": clusters})
 
 
 class Job:
@@ -88,7 +120,8 @@ class Job:
         if args.embedded:
             from streams.generator import GeneratorConfig
 
-            gen = GeneratorConfig(seed=args.seed, events=args.max_events, bad_fraction=args.bad_fraction)
+            gen = self.generator_config = GeneratorConfig(seed=args.seed, events=args.max_events,
+                                                          bad_fraction=args.bad_fraction)
             self.mode = "embedded"
             self.source = GeneratorSource(
                 gen, {"engagements": k.topic("engagements"), "items": k.topic("items")},
@@ -112,12 +145,126 @@ class Job:
             self.dead_letter_sink = JsonlSink(out / "dead_letter.jsonl", encode=lambda kv: kv.value)
         else:
             self.dead_letter_sink = CallbackSink(lambda items: None)
-        self._events_file = JsonlSink(out / "events.jsonl", encode=event_to_json) if out is not None else None
+        self._unresolved_at_start = _unresolved()
+        self.clustering = None if args.no_clusters else self._clustering()
+        encode = event_to_json if self.clustering is None else clustered_to_json
+        self._events_file = JsonlSink(out / "events.jsonl", encode=encode) if out is not None else None
+        items_file = JsonlSink(out / "items.jsonl", encode=item_to_json) if out is not None else None
         self.flow = build_flow(
             self.source, self.validator,
             dead_letter_sink=CountingSink(self.dead_letter_sink, self._count_dead_letters),
-            events_sink=CountingSink(self._events_file, self._count_events),
+            valid_sink=CountingSink(None, self._count_events),
+            events_sink=CountingSink(self._events_file, self._count_clustered),
+            clustering=self.clustering,
+            items_sink=CountingSink(items_file, self._count_items),
         )
+
+    # -- clusters ------------------------------------------------------------------------------------------
+
+    def _clustering(self) -> ClusteringConfig:
+        es, cs = self.settings.embedding, self.settings.clusters
+        embedder = functools.cache(lambda: make_embedder(es.backend, es.model, batch_size=es.batch_size))
+        self.codebook = self._codebook(embedder, cs)
+        n_proc = len(self.args.addresses.split(";")) if self.args.addresses else 1
+        return ClusteringConfig(
+            embedder_factory=embedder, codebook=self.codebook, max_batch=es.batch_size,
+            max_latency_s=es.max_latency_ms / 1000, cache_entries=es.cache_entries,
+            max_pending=es.max_pending_per_item, max_wait_ms=es.max_wait_ms,
+            shards=n_proc * self.settings.run.workers_per_process)
+
+    def _codebook(self, embedder, cs):  # noqa: ANN001, ANN202
+        """The current codebook of the store; without one, bootstrap it from this run's own content."""
+        from index.codebooks import CodebookStore
+        from operators.clusters import build_codebook
+
+        store = CodebookStore(cs.codebook_dir)
+        try:
+            cb = store.load()
+            say(f"codebook {cb.version}: {cb.k} interest clusters from {cs.codebook_dir}")
+            return cb
+        except FileNotFoundError:
+            if self.mode == "files" and self.args.items is None:
+                raise FileNotFoundError(
+                    f"no codebook in {cs.codebook_dir}: build one with `driftrag clusters build --items FILE`, "
+                    "pass --items, or run with --no-clusters to validate only") from None
+        if self.mode == "kafka" and self.args.process_id not in (None, 0):
+            return self._wait_for_codebook(store)  # process 0 bootstraps; the others share its codebook
+        texts = self._bootstrap_texts(cs.sample, cs.k)
+        emb = embedder()
+        say(f"no codebook in {cs.codebook_dir}: bootstrapping {cs.k} clusters from {len(texts):,} items "
+            f"({emb.name})")
+        cb = build_codebook(emb.encode(texts), texts, cs.k, model=model_id(self.settings.embedding.model))
+        labels = "; ".join(f"{c}: {cb.label(c)}" for c in range(min(cb.k, 4))) + (" ..." if cb.k > 4 else "")
+        if self.mode == "kafka":  # a deployment keeps it: restarts and other processes use the same clusters
+            store.save(cb)
+            say(f"codebook {cb.version} saved to {cs.codebook_dir}: {labels}")
+        else:
+            say(f"codebook {cb.version} (in memory): {labels}")
+        return cb
+
+    def _wait_for_codebook(self, store):  # noqa: ANN001, ANN202
+        while True:
+            try:
+                return store.load()
+            except FileNotFoundError:
+                say(f"waiting for process 0 to bootstrap the codebook in {store.root}")
+                time.sleep(5)
+
+    def _bootstrap_texts(self, n: int, k: int) -> list[str]:
+        """Up to ``n`` valid content texts of this run's own input: generator, items file, or items topic."""
+        items_topic = self.settings.kafka.topic("items")
+        if self.mode == "embedded":
+            from streams.generator import WorkloadGenerator
+
+            raw = ((RawMessage(items_topic, 0, i, m.key, m.value))
+                   for i, m in enumerate(WorkloadGenerator(self.generator_config).messages()) if m.topic == "items")
+        elif self.mode == "files":
+            raw = (RawMessage(items_topic, 0, i, None, line.rstrip(b"\n"))
+                   for i, line in enumerate(self.args.items.open("rb")))
+        else:
+            return self._bootstrap_texts_from_kafka(n, k)
+        texts = [ev.text for ev in map(self.validator.validate, raw) if type(ev) is ContentEvent][:n]
+        if len(texts) < k:
+            raise ValueError(f"{len(texts)} content texts cannot bootstrap {k} clusters")
+        return texts
+
+    def _bootstrap_texts_from_kafka(self, n: int, k: int, min_per_cluster: int = 20) -> list[str]:
+        """Read the items topic from the start; wait (saying so) until it holds enough content to cluster."""
+        from confluent_kafka import Consumer, KafkaError, TopicPartition
+        from confluent_kafka.admin import AdminClient
+
+        kafka, topic = self.settings.kafka, self.settings.kafka.topic("items")
+        md = AdminClient(kafka.client()).list_topics(topic, timeout=30).topics.get(topic)
+        if md is None or md.error is not None:
+            raise FileNotFoundError(f"topic {topic!r} not found on {kafka.bootstrap_servers}: "
+                                    "create it with `driftrag topics create`")
+        consumer = Consumer(kafka.client(**{"group.id": "driftrag-bootstrap", "enable.auto.commit": False,
+                                            "enable.partition.eof": True}))
+        consumer.assign([TopicPartition(topic, p, 0) for p in md.partitions])
+        texts: dict[str, str] = {}
+        need, eof, last_said = k * min_per_cluster, set(), 0.0
+        try:
+            while len(texts) < n:
+                for m in consumer.consume(500, 1.0):
+                    if m.error() is not None:
+                        if m.error().code() == KafkaError._PARTITION_EOF:
+                            eof.add(m.partition())
+                            continue
+                        raise RuntimeError(f"reading {topic}: {m.error()}")
+                    ev = self.validator.validate(RawMessage(topic, m.partition(), m.offset(), m.key(), m.value()))
+                    if type(ev) is ContentEvent:
+                        texts[ev.item_id] = ev.text
+                if len(eof) == len(md.partitions):
+                    if len(texts) >= need:
+                        break
+                    if time.monotonic() - last_said > 10:
+                        say(f"no codebook yet: waiting for {need:,} content events on {topic} to bootstrap "
+                            f"{k} clusters (have {len(texts):,}); or run `driftrag clusters build`")
+                        last_said = time.monotonic()
+                    eof.clear()  # keep reading what arrives
+        finally:
+            consumer.close()
+        return list(texts.values())[:n]
 
     def _count_events(self, items: list[Engagement | ContentEvent]) -> None:
         n_eng = sum(1 for e in items if type(e) is Engagement)
@@ -127,6 +274,19 @@ class Job:
         if n_eng < len(items):
             self.counts.add("items", len(items) - n_eng)
             EVENTS_VALID.labels("content").inc(len(items) - n_eng)
+
+    def _count_clustered(self, items: list) -> None:
+        if self.clustering is None:
+            return
+        self.counts.add("clustered_engagements", len(items))
+
+    def _count_items(self, items: list[EmbeddedItem]) -> None:
+        self.counts.add("items_assigned", len(items))
+        novel = sum(1 for i in items if i.novel)
+        if novel:
+            self.counts.add("novel_items", novel)
+        for i in items:
+            self.counts.add(f"cluster_items:{i.cluster}")
 
     def _count_dead_letters(self, items: list[KeyedValue]) -> None:
         for kv in items:
@@ -146,6 +306,22 @@ class Job:
             "dead_letter_by_reason": dead,
             "seconds": round(seconds, 3),
             "messages_per_s": round(total / seconds, 1) if seconds > 0 else None,
+            **self._cluster_summary(c),
+        }
+
+    def _cluster_summary(self, c: dict[str, int]) -> dict[str, Any]:
+        if self.clustering is None:
+            return {}
+        sizes = {int(k.split(":", 1)[1]): v for k, v in c.items() if k.startswith("cluster_items:")}
+        top = sorted(sizes.items(), key=lambda kv: -kv[1])[:5]
+        return {
+            "codebook": self.codebook.version,
+            "items_assigned": c.get("items_assigned", 0),
+            "novel_items": c.get("novel_items", 0),
+            "engagements_clustered": c.get("clustered_engagements", 0),
+            # What fell out of the bounded wait for content during this run (the metric is process-wide).
+            "engagements_unresolved": _unresolved() - self._unresolved_at_start,
+            "top_clusters": [{"cluster": k, "label": self.codebook.label(k), "items": n} for k, n in top],
         }
 
     def run(self) -> dict[str, Any]:

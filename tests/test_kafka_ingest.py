@@ -87,7 +87,7 @@ def test_good_exactly_once_bad_to_dead_letter_job_keeps_running(kafka_settings, 
     k = kafka_settings.kafka
     topics = {"engagements": k.topic("engagements"), "items": k.topic("items")}
     out = tmp_path / "out"
-    job = start_job(kafka_settings, out)
+    job = start_job(kafka_settings, out, "--no-clusters")
     try:
         counts = produce_to_kafka(gen, k.client(), topics)
         assert counts["produced"] == len(expected)
@@ -135,3 +135,23 @@ def test_good_exactly_once_bad_to_dead_letter_job_keeps_running(kafka_settings, 
             RawMessage(src["topic"], src["partition"], src["offset"], key, value)).reason == d["reason"]
         reasons[d["reason"]] += 1
     assert len(reasons) >= 6, reasons
+
+
+def test_job_bootstraps_its_codebook_from_the_items_topic(kafka_settings, tmp_path):
+    """No codebook yet: the Kafka job clusters the content already on `items`, saves the codebook, and goes on."""
+    from index.codebooks import CodebookStore
+
+    gen = GeneratorConfig(seed=9, events=6_000)
+    k = kafka_settings.kafka
+    produce_to_kafka(gen, k.client(), {"engagements": k.topic("engagements"), "items": k.topic("items")})
+    codebooks, out = tmp_path / "codebooks", tmp_path / "out"
+    job = start_job(kafka_settings, out, "--no-tail", "--codebook-dir", str(codebooks), "--backend", "onnx")
+    job.wait(300)
+    stderr = job.stderr.read().decode()
+    assert job.returncode == 0, stderr[-3000:]
+    assert "bootstrapping 16 clusters" in stderr
+    import json
+
+    summary = json.loads(job.stdout.read().decode().strip().splitlines()[-1])
+    assert summary["codebook"] == CodebookStore(codebooks).current_version()
+    assert summary["engagements_clustered"] == summary["engagements"] == 6_000
