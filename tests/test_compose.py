@@ -54,3 +54,11 @@ def test_job_waits_for_topics_and_keeps_recovery_state():
 def test_env_override_reaches_settings(monkeypatch):
     monkeypatch.setenv("DRIFTRAG_KAFKA__BOOTSTRAP_SERVERS", "kafka:19092")
     assert Settings().kafka.bootstrap_servers == "kafka:19092"
+
+
+def test_codebooks_live_on_the_job_volume(monkeypatch):
+    job = COMPOSE["services"]["job"]
+    codebooks = job["environment"]["DRIFTRAG_CLUSTERS__CODEBOOK_DIR"]
+    assert any(codebooks.startswith(v.split(":")[1]) for v in job["volumes"])
+    monkeypatch.setenv("DRIFTRAG_CLUSTERS__CODEBOOK_DIR", codebooks)
+    assert str(Settings().clusters.codebook_dir) == codebooks
