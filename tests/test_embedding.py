@@ -162,3 +162,19 @@ def test_onnx_on_cuda_or_clear_error(texts, torch_vecs):
     e = make_embedder("onnx", device="cuda")
     assert e.name == "onnx/cuda-fp16"
     assert ((e.encode(texts) * torch_vecs).sum(1)).min() >= 0.99
+
+
+def test_fp16_export_for_cuda_is_correct_on_cpu(texts, onnx_embedder, tmp_path):
+    """The CUDA path runs an fp16 export; its arithmetic is checked here on the CPU provider, so a GPU-less CI
+    still catches a broken conversion."""
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    from operators.embedding import export_onnx
+
+    out = export_onnx(Path(resolve_model(None)), tmp_path, fp16=True)
+    fp16 = make_embedder("onnx")
+    fp16._session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    cos = (fp16.encode(texts[:100]) * onnx_embedder.encode(texts[:100])).sum(1)
+    assert cos.min() >= 0.99
