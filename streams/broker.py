@@ -77,6 +77,20 @@ def server_properties(host: str, port: int, controller_port: int, log_dir: Path)
     ])
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id: a random UUID in URL-safe base64 (22 chars).
+
+    One in 64 of those starts with '-', which StorageTool's argument parser reads as an option: draw again.
+
+    >>> all(len(c) == 22 and not c.startswith("-") for c in (new_cluster_id() for _ in range(500)))
+    True
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 def _port_open(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
@@ -200,8 +214,7 @@ class LocalKafka:
         cp = f"{libs}/*"
         base = [java, "-cp", cp, f"-Dlog4j2.configurationFile={log4j}"]
         if not (self.data_dir / "logs" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            r = subprocess.run([*base, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+            r = subprocess.run([*base, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(config)],
                                capture_output=True, text=True)
             if r.returncode != 0:
                 raise RuntimeError(f"formatting Kafka storage failed:\n{(r.stdout + r.stderr)[-3000:]}")
