@@ -1,0 +1,375 @@
+"""Successor counts per cluster pair that decay in event time, and their rankings (brief: 'Transitions').
+
+Each triple (c1, c2, c_next) from :class:`~operators.transitions.TransitionTracker` adds one observation of
+c_next to the pair (c1, c2), weighted ``2 ** (-age / half_life_ms)`` by the event-time age at which it is read.
+Rankings, for the context API's {cluster, score, count, trend}:
+
+- ``"frequency"`` (default, as in the paper): score = decayed share of the pair's observations;
+- ``"trend"``: ranked by trend = current share - share at the last :meth:`PairSuccessors.mark_reference`.
+
+:class:`SuccessorTable` holds every pair plus the global successor counts (over all pairs), the last fallback
+for a pair with too little support.
+
+>>> t = SuccessorTable(half_life_ms=60_000, min_support=2.0)
+>>> for ts, triple in [(0, (1, 2, 3)), (0, (1, 2, 3)), (0, (1, 2, 4)), (60_000, (1, 2, 4)), (60_000, (5, 6, 1))]:
+...     _ = t.update(triple, ts)
+>>> succ, source = t.top((1, 2), k=2, now_ms=60_000)
+>>> source, [(s.cluster, round(s.score, 3), s.count) for s in succ]
+('exact', [(4, 0.6, 1.5), (3, 0.4, 1.0)])
+>>> succ, source = t.top((3, 4), k=3, now_ms=60_000)  # unseen pair: global counts, never 3 or 4 themselves
+>>> source, [(s.cluster, round(s.score, 3)) for s in succ]
+('global', [(1, 1.0)])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+
+__all__ = [
+    "MODES", "SOURCES", "CounterSnapshot", "DecayedCounter", "PairSnapshot", "PairSuccessors", "Successor",
+    "SuccessorTable", "TableSnapshot",
+]
+
+MODES = ("frequency", "trend")
+SOURCES = ("exact", "neighbor", "global")  # "neighbor" is produced by the index layer, not here
+# Stored values are scaled by at most 2 ** _MAX_LEAD over their true value at the reference time; past that the
+# counter renormalises (O(keys), at most once per _MAX_LEAD half-lives of event time). 2**64 ~ 1.8e19 leaves
+# ~1e289 of headroom in a float64 for the counts themselves.
+_MAX_LEAD = 64.0
+
+
+def _check_k_mode(k: int, mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+
+
+# ------------------------------------------------------------------------------------------- decayed counter
+
+
+@dataclass(frozen=True)
+class CounterSnapshot:
+    """Immutable, picklable state of a :class:`DecayedCounter`; values are scaled to ``ref_ms``."""
+
+    half_life_ms: float
+    ref_ms: int | None
+    latest_ms: int | None
+    values: tuple[tuple[Hashable, float], ...]
+    total: float
+
+
+class DecayedCounter:
+    """Counts per key, each observation decaying by half every ``half_life_ms`` of event time.
+
+    The value of a key read at ``now_ms`` is ``sum(weight * 2 ** (-(now_ms - ts_ms) / half_life_ms))`` over its
+    observations. Internally values are stored relative to one reference time per counter (no per-key
+    timestamps, no ``e^{+t}`` growth over months of event time): an observation adds
+    ``weight * 2 ** ((ts_ms - ref) / half_life_ms)``, and the reference moves to the latest event (rescaling
+    every value) only when that factor would exceed ``2 ** 64``.
+
+    Out-of-order observations (``ts_ms`` before the latest seen) decay by their own timestamp. Reads at a
+    ``now_ms`` before the latest observation are read at the latest observation instead: ages are never
+    negative, so a value never exceeds the plain sum of weights.
+
+    >>> c = DecayedCounter(half_life_ms=1_000)
+    >>> c.update("a", 0).update("a", 1_000).update("b", 500)  # "b" arrives late, decays from its own ts
+    DecayedCounter(half_life_ms=1000, keys=2, latest_ms=1000)
+    >>> round(c.value("a", 1_000), 6), round(c.value("b", 1_000), 6), round(c.value("a", 3_000), 6)
+    (1.5, 0.707107, 0.375)
+    """
+
+    __slots__ = ("_inv_half_life", "_latest", "_ref", "_total", "_values", "half_life_ms")
+
+    def __init__(self, half_life_ms: float) -> None:
+        if isinstance(half_life_ms, bool) or not isinstance(half_life_ms, int | float) or not half_life_ms > 0 \
+                or half_life_ms == float("inf"):
+            raise ValueError(f"half_life_ms must be a finite number > 0, got {half_life_ms!r}")
+        self.half_life_ms = half_life_ms
+        self._reset()
+
+    def _reset(self) -> None:
+        self._inv_half_life = 1.0 / self.half_life_ms
+        self._values: dict[Hashable, float] = {}
+        self._total = 0.0
+        self._ref: int | None = None  # the time stored values are scaled to
+        self._latest: int | None = None  # the latest observation's ts
+
+    def update(self, key: Hashable, ts_ms: int, weight: float = 1.0) -> DecayedCounter:
+        ref = self._ref
+        if ref is None:
+            self._ref = self._latest = ref = ts_ms
+        elif ts_ms > self._latest:  # type: ignore[operator]
+            self._latest = ts_ms
+            if (ts_ms - ref) * self._inv_half_life > _MAX_LEAD:
+                self._rebase(ts_ms)
+                ref = ts_ms
+        w = weight * 2.0 ** ((ts_ms - ref) * self._inv_half_life)  # <= weight * 2**64; late events: < weight
+        values = self._values
+        values[key] = values.get(key, 0.0) + w
+        self._total += w
+        return self
+
+    def _rebase(self, ref_ms: int) -> None:
+        f = 2.0 ** ((self._ref - ref_ms) * self._inv_half_life)  # type: ignore[operator]
+        values = self._values
+        for key in values:
+            values[key] *= f
+        self._total *= f
+        self._ref = ref_ms
+
+    def _scale(self, now_ms: int) -> float:
+        """Factor from stored values to values read at ``now_ms`` (never above 1: ages are clamped at 0)."""
+        if self._ref is None:
+            return 0.0
+        now = max(now_ms, self._latest)  # type: ignore[type-var]
+        return 2.0 ** ((self._ref - now) * self._inv_half_life)
+
+    def value(self, key: Hashable, now_ms: int) -> float:
+        return self._values.get(key, 0.0) * self._scale(now_ms)
+
+    def total(self, now_ms: int) -> float:
+        return self._total * self._scale(now_ms)
+
+    def items(self, now_ms: int) -> list[tuple[Hashable, float]]:
+        """(key, value at ``now_ms``) in first-seen order."""
+        f = self._scale(now_ms)
+        return [(k, v * f) for k, v in self._values.items()]
+
+    @property
+    def latest_ms(self) -> int | None:
+        return self._latest
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
+
+    def __repr__(self) -> str:
+        return f"DecayedCounter(half_life_ms={self.half_life_ms}, keys={len(self)}, latest_ms={self._latest})"
+
+    def snapshot(self) -> CounterSnapshot:
+        return CounterSnapshot(self.half_life_ms, self._ref, self._latest, tuple(self._values.items()), self._total)
+
+    @classmethod
+    def from_snapshot(cls, snap: CounterSnapshot) -> DecayedCounter:
+        c = cls(snap.half_life_ms)
+        c._values = dict(snap.values)
+        c._ref, c._latest, c._total = snap.ref_ms, snap.latest_ms, snap.total
+        return c
+
+
+# ------------------------------------------------------------------------------------------ one pair's successors
+
+
+@dataclass(frozen=True, slots=True)
+class Successor:
+    """One ranked successor: ``score`` is its share (frequency mode) or trend (trend mode); ``count`` is its
+    decayed count; ``trend`` is its share now minus its share at the reference (0.0 without a reference)."""
+
+    cluster: Hashable
+    score: float
+    count: float
+    trend: float
+
+
+@dataclass(frozen=True)
+class PairSnapshot:
+    """Immutable, picklable state of a :class:`PairSuccessors`."""
+
+    counter: CounterSnapshot
+    reference: tuple[tuple[Hashable, float], ...] | None
+    reference_ms: int | None
+
+
+class PairSuccessors:
+    """Decayed successor counts of one pair (or of all pairs: the global fallback), with a trend reference.
+
+    >>> p = PairSuccessors(half_life_ms=1_000)
+    >>> for c in "aaab":
+    ...     _ = p.update(c, 0)
+    >>> p.mark_reference(0)
+    >>> for c in "bbcc":
+    ...     _ = p.update(c, 0)
+    >>> [(s.cluster, s.score, s.count, s.trend) for s in p.top(3, now_ms=0)]
+    [('b', 0.375, 3.0, 0.125), ('a', 0.375, 3.0, -0.375), ('c', 0.25, 2.0, 0.25)]
+    >>> [(s.cluster, s.score) for s in p.top(2, now_ms=0, mode="trend")]
+    [('c', 0.25), ('b', 0.125)]
+    """
+
+    __slots__ = ("_counter", "_reference", "_reference_ms", "half_life_ms")
+
+    def __init__(self, half_life_ms: float) -> None:
+        DecayedCounter(half_life_ms)  # checks half_life_ms
+        self.half_life_ms = half_life_ms
+        self._reset()
+
+    def _reset(self) -> None:
+        self._counter = DecayedCounter(self.half_life_ms)
+        self._reference: dict[Hashable, float] | None = None  # successor -> share at the reference
+        self._reference_ms: int | None = None
+
+    def update(self, c_next: Hashable, ts_ms: int) -> PairSuccessors:
+        self._counter.update(c_next, ts_ms)
+        return self
+
+    def total(self, now_ms: int) -> float:
+        """Decayed number of observations at ``now_ms`` (the pair's support)."""
+        return self._counter.total(now_ms)
+
+    def mark_reference(self, now_ms: int) -> None:
+        """Freeze the current successor shares as the reference that ``trend`` is measured against."""
+        total = self._counter.total(now_ms)
+        self._reference = {c: v / total for c, v in self._counter.items(now_ms)} if total > 0 else {}
+        self._reference_ms = now_ms
+
+    @property
+    def reference_ms(self) -> int | None:
+        return self._reference_ms
+
+    def top(self, k: int, now_ms: int, mode: str = "frequency", exclude: Iterable[Hashable] = ()) -> list[Successor]:
+        """The ``k`` best successors at ``now_ms``; shares are taken over the successors not in ``exclude``.
+
+        Frequency ranks by share (ties: larger trend, then first seen); trend ranks by trend (ties: larger
+        share, then first seen). Without a reference every trend is 0.0, so trend mode ranks as frequency.
+        """
+        _check_k_mode(k, mode)
+        excluded = set(exclude)
+        items = [(c, v) for c, v in self._counter.items(now_ms) if c not in excluded and v > 0.0]
+        total = sum(v for _, v in items)
+        ref = self._reference
+        if ref is not None and excluded:
+            ref_total = sum(s for c, s in ref.items() if c not in excluded)
+            ref = {c: s / ref_total for c, s in ref.items() if c not in excluded} if ref_total > 0 else {}
+        out = []
+        for c, v in items:
+            share = v / total
+            trend = share - ref.get(c, 0.0) if ref is not None else 0.0
+            out.append(Successor(c, share, v, trend))
+        if mode == "frequency":
+            out.sort(key=lambda s: (-s.score, -s.trend))
+        else:
+            out = [Successor(s.cluster, s.trend, s.count, s.trend) for s in out]
+            out.sort(key=lambda s: (-s.trend, -s.count))
+        return out[:k]
+
+    def __len__(self) -> int:
+        return len(self._counter)
+
+    def __repr__(self) -> str:
+        return f"PairSuccessors(half_life_ms={self.half_life_ms}, successors={len(self)})"
+
+    def snapshot(self) -> PairSnapshot:
+        ref = tuple(self._reference.items()) if self._reference is not None else None
+        return PairSnapshot(self._counter.snapshot(), ref, self._reference_ms)
+
+    @classmethod
+    def from_snapshot(cls, snap: PairSnapshot) -> PairSuccessors:
+        p = cls(snap.counter.half_life_ms)
+        p._counter = DecayedCounter.from_snapshot(snap.counter)
+        p._reference = dict(snap.reference) if snap.reference is not None else None
+        p._reference_ms = snap.reference_ms
+        return p
+
+
+# ----------------------------------------------------------------------------------------------- all pairs
+
+
+@dataclass(frozen=True)
+class TableSnapshot:
+    """Immutable, picklable state of a :class:`SuccessorTable`."""
+
+    half_life_ms: float
+    min_support: float
+    pairs: tuple[tuple[tuple[Hashable, Hashable], PairSnapshot], ...]
+    global_: PairSnapshot
+
+
+class SuccessorTable:
+    """Decayed successors of every pair (c1, c2), and of all pairs together as the last fallback.
+
+    ``top(pair, ...)`` answers from the pair itself ("exact") when its decayed support is at least
+    ``min_support``, else from the global counts ("global"). c1 and c2 are never among the successors of
+    (c1, c2): the transition rule never emits them, and they are dropped from the global answer.
+    """
+
+    __slots__ = ("_global", "_pairs", "half_life_ms", "min_support")
+
+    def __init__(self, half_life_ms: float, min_support: float = 5.0) -> None:
+        DecayedCounter(half_life_ms)  # checks half_life_ms
+        if isinstance(min_support, bool) or not isinstance(min_support, int | float) or not min_support >= 0 \
+                or min_support == float("inf"):
+            raise ValueError(f"min_support must be a finite number >= 0, got {min_support!r}")
+        self.half_life_ms = half_life_ms
+        self.min_support = min_support
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pairs: dict[tuple[Hashable, Hashable], PairSuccessors] = {}
+        self._global = PairSuccessors(self.half_life_ms)
+
+    def update(self, triple: tuple[Hashable, Hashable, Hashable], ts_ms: int) -> SuccessorTable:
+        c1, c2, c = triple
+        pair = (c1, c2)
+        if c in pair:
+            raise ValueError(f"not a transition triple (successor repeats the pair): {triple!r}")
+        p = self._pairs.get(pair)
+        if p is None:
+            p = self._pairs[pair] = PairSuccessors(self.half_life_ms)
+        p._counter.update(c, ts_ms)  # (not p.update: one call less on the per-triple path)
+        self._global._counter.update(c, ts_ms)
+        return self
+
+    def top(self, pair: tuple[Hashable, Hashable], k: int, now_ms: int,
+            mode: str = "frequency") -> tuple[list[Successor], str]:
+        """(top ``k`` successors of ``pair`` at ``now_ms``, source) with source "exact" or "global"."""
+        _check_k_mode(k, mode)
+        p = self._pairs.get(pair)
+        support = p.total(now_ms) if p is not None else 0.0
+        if p is not None and support > 0 and support >= self.min_support:
+            return p.top(k, now_ms, mode), "exact"
+        # Hook: the index layer backs off to "neighbor" here (pairs whose clusters' centroids are nearest to
+        # c1, c2, each with support >= min_support) before the global counts. It calls ``support()`` and
+        # ``get()`` itself; this table knows no vectors.
+        return self._global.top(k, now_ms, mode, exclude=pair), "global"
+
+    def support(self, pair: tuple[Hashable, Hashable], now_ms: int) -> float:
+        """Decayed number of observations of ``pair`` at ``now_ms`` (0.0 for an unseen pair)."""
+        p = self._pairs.get(pair)
+        return p.total(now_ms) if p is not None else 0.0
+
+    def get(self, pair: tuple[Hashable, Hashable]) -> PairSuccessors | None:
+        return self._pairs.get(pair)
+
+    @property
+    def global_successors(self) -> PairSuccessors:
+        return self._global
+
+    def pairs(self) -> list[tuple[Hashable, Hashable]]:
+        """Every pair seen, in first-seen order."""
+        return list(self._pairs)
+
+    def mark_reference(self, now_ms: int) -> None:
+        """Freeze every pair's (and the global) current shares as the trend reference."""
+        for p in self._pairs.values():
+            p.mark_reference(now_ms)
+        self._global.mark_reference(now_ms)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __repr__(self) -> str:
+        return f"SuccessorTable(half_life_ms={self.half_life_ms}, min_support={self.min_support}, pairs={len(self)})"
+
+    def snapshot(self) -> TableSnapshot:
+        return TableSnapshot(self.half_life_ms, self.min_support,
+                             tuple((pair, p.snapshot()) for pair, p in self._pairs.items()), self._global.snapshot())
+
+    @classmethod
+    def from_snapshot(cls, snap: TableSnapshot) -> SuccessorTable:
+        t = cls(snap.half_life_ms, snap.min_support)
+        t._pairs = {pair: PairSuccessors.from_snapshot(ps) for pair, ps in snap.pairs}
+        t._global = PairSuccessors.from_snapshot(snap.global_)
+        return t
