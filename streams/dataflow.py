@@ -8,6 +8,7 @@
                   -> content stage (when clustering)        see streams/content_stage.py
                        -> items sink                        EmbeddedItem
                        -> events sink                       ClusteredEngagement
+                       -> transitions (streams/transitions_stage.py) -> pairs sink   PairState
                   -> events sink (without clustering)       Engagement | ContentEvent
 
 The events sink is where the next stages (transitions, drift, index) attach.
@@ -25,6 +26,7 @@ from streams.content_stage import ClusteringConfig, cluster_events
 from streams.contract import ContentEvent, DeadLetter, Engagement, Validator
 from streams.metrics import DEAD_LETTERS
 from streams.sinks import KeyedValue
+from streams.transitions_stage import mine_successors
 
 
 def is_dead_letter(x: Engagement | ContentEvent | DeadLetter) -> bool:
@@ -46,6 +48,9 @@ def build_flow(
     valid_sink: Sink | None = None,
     clustering: ClusteringConfig | None = None,
     items_sink: Sink | None = None,
+    pairs_sink: Sink | None = None,
+    half_life_ms: int = 2 * 86_400_000,
+    top_k: int = 5,
     flow_id: str = "driftrag",
 ) -> Dataflow:
     flow = Dataflow(flow_id)
@@ -64,4 +69,7 @@ def build_flow(
     if items_sink is not None:
         op.output("write_items", items, items_sink)
     op.output("write_events", clustered, events_sink)
+    if pairs_sink is not None:
+        _, pair_states = mine_successors(clustered, half_life_ms=half_life_ms, top_k=top_k)
+        op.output("write_pairs", pair_states, pairs_sink)
     return flow

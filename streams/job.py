@@ -30,6 +30,7 @@ from streams.metrics import EVENTS_VALID
 from streams.settings import Settings
 from streams.sinks import CallbackSink, Counter, CountingSink, JsonlSink, KafkaProducerSink, KeyedValue
 from streams.sources import GeneratorSource, JsonlFileSource, KafkaRawSource
+from streams.transitions_stage import PairState
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,8 @@ class Job:
         else:
             self.dead_letter_sink = CallbackSink(lambda items: None)
         self._unresolved_at_start = _unresolved()
+        self.pairs: dict[tuple[int, int], PairState] = {}
+        self._pairs_lock = threading.Lock()
         self.clustering = None if args.no_clusters else self._clustering()
         encode = event_to_json if self.clustering is None else clustered_to_json
         self._events_file = JsonlSink(out / "events.jsonl", encode=encode) if out is not None else None
@@ -157,7 +160,17 @@ class Job:
             events_sink=CountingSink(self._events_file, self._count_clustered),
             clustering=self.clustering,
             items_sink=CountingSink(items_file, self._count_items),
+            pairs_sink=CallbackSink(self._keep_pairs),
+            half_life_ms=settings.transitions.half_life_ms,
+            top_k=settings.transitions.top_k,
         )
+
+    def _keep_pairs(self, states: list[PairState]) -> None:
+        """Each PairState is its pair's full state: keeping the latest per pair is the whole table."""
+        with self._pairs_lock:
+            for st in states:
+                self.pairs[st.pair] = st
+            self.counts.add("triples", len(states))
 
     # -- clusters ------------------------------------------------------------------------------------------
 
@@ -322,7 +335,21 @@ class Job:
             # What fell out of the bounded wait for content during this run (the metric is process-wide).
             "engagements_unresolved": _unresolved() - self._unresolved_at_start,
             "top_clusters": [{"cluster": k, "label": self.codebook.label(k), "items": n} for k, n in top],
+            "triples": c.get("triples", 0),
+            "pairs": len(self.pairs),
+            "busiest_pairs": [self._pair_json(p) for p in self._busiest_pairs(3)],
         }
+
+    def _busiest_pairs(self, n: int | None = None) -> list[PairState]:
+        with self._pairs_lock:
+            return sorted(self.pairs.values(), key=lambda s: (-s.support, s.pair))[:n]
+
+    def _pair_json(self, st: PairState) -> dict[str, Any]:
+        label = self.codebook.label
+        return {"pair": list(st.pair), "labels": [label(st.pair[0]), label(st.pair[1])],
+                "support": round(st.support, 2), "ts_ms": st.ts_ms,
+                "successors": [{"cluster": s.cluster, "label": label(s.cluster), "score": round(s.score, 4),
+                                "count": round(s.count, 2)} for s in st.successors]}
 
     def run(self) -> dict[str, Any]:
         rs = self.settings.run
@@ -349,6 +376,9 @@ class Job:
         summary = self.summary(time.monotonic() - t0)
         if self.args.out is not None:
             (self.args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            if self.clustering is not None:
+                pairs = [self._pair_json(p) for p in self._busiest_pairs()]
+                (self.args.out / "successors.json").write_text(json.dumps(pairs, indent=1) + "\n")
         return summary
 
     def _progress(self, t0: float, stop: threading.Event) -> None:

@@ -138,6 +138,13 @@ class ClusterSettings(BaseModel):
     sample: int = Field(20_000, ge=1)  # items embedded and clustered for a new codebook
 
 
+class TransitionSettings(BaseModel):
+    """Per-user transitions and per-pair successor counts (brief: 'Transitions')."""
+
+    half_life_ms: int = Field(2 * DAY_MS, gt=0)  # successor counts decay in event time
+    top_k: int = Field(5, ge=1)  # successors kept in each pair's state
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DRIFTRAG_", env_nested_delimiter="__", extra="ignore")
 
@@ -147,3 +154,4 @@ class Settings(BaseSettings):
     run: RunSettings = Field(default_factory=RunSettings)
     clusters: ClusterSettings = Field(default_factory=ClusterSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    transitions: TransitionSettings = Field(default_factory=TransitionSettings)

@@ -101,6 +101,11 @@ def test_embedded_run_clusters_every_engagement(tmp_path, capsys):
     events = [orjson.loads(x) for x in (out / "events.jsonl").read_bytes().splitlines()]
     items = {i["item_id"]: i["cluster"] for i in map(orjson.loads, (out / "items.jsonl").read_bytes().splitlines())}
     assert all(e["cluster"] == items[e["item_id"]] for e in events)
+    # The transition rule ran on the clustered engagements: per-pair successor state, written as successors.json.
+    assert summary["triples"] > 0 and summary["pairs"] > 0
+    pairs = json.loads((out / "successors.json").read_text())
+    assert len(pairs) == summary["pairs"]
+    assert all(s["cluster"] not in p["pair"] for p in pairs for s in p["successors"])
 
 
 def test_files_run_without_codebook_or_items_says_what_to_do(tmp_path, capsys):

@@ -1,0 +1,68 @@
+"""Dataflow steps from clustered engagements to per-pair successor state (the brief's transition rule).
+
+    ClusteredEngagement (positive only)
+      -> key_by_user -> track_user_clusters   TransitionTracker per user        Triple
+      -> key_by_pair -> count_successors      PairSuccessors per (c1, c2)       PairState
+
+Each PairState is the full current state of its pair (never an increment), so writing it downstream is an
+idempotent upsert: replaying it, or reading only the latest per pair, gives the same answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+
+from operators.successors import PairSuccessors, Successor
+from operators.transitions import TransitionTracker
+from streams.content_stage import ClusteredEngagement
+
+
+@dataclass(frozen=True, slots=True)
+class Triple:
+    c1: int
+    c2: int
+    c_next: int
+    ts_ms: int
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PairState:
+    pair: tuple[int, int]
+    successors: tuple[Successor, ...]  # frequency-ranked, at ts_ms
+    support: float  # decayed number of observed triples
+    ts_ms: int  # event time of the latest triple
+
+
+def track_user_clusters(state: tuple | None, ce: ClusteredEngagement) -> tuple[tuple, list[Triple]]:
+    """One user's (h1, h2); the state is the tracker's immutable snapshot, so Bytewax recovery can store it."""
+    tracker = TransitionTracker(*(state or (None, None)))
+    t = tracker.update(ce.cluster)
+    out = [] if t is None else [Triple(t[0], t[1], t[2], ce.engagement.ts_ms, ce.engagement.user_id)]
+    return tracker.state, out
+
+
+def _count_successors(half_life_ms: int, top_k: int):  # noqa: ANN202
+    def step(state: PairSuccessors | None, t: Triple) -> tuple[PairSuccessors, list[PairState]]:
+        if state is None:
+            state = PairSuccessors(half_life_ms)
+        state.update(t.c_next, t.ts_ms)
+        top = state.top(top_k, t.ts_ms)
+        return state, [PairState((t.c1, t.c2), tuple(top), state.total(t.ts_ms), t.ts_ms)]
+
+    return step
+
+
+def mine_successors(clustered: Stream[ClusteredEngagement], *, half_life_ms: int, top_k: int = 5
+                    ) -> tuple[Stream[Triple], Stream[PairState]]:
+    """Wire the transition rule and the decayed successor counts onto clustered engagements."""
+    positive = op.filter("positive_only", clustered, lambda ce: ce.engagement.positive)
+    by_user = op.key_on("key_by_user", positive, lambda ce: ce.engagement.user_id)
+    triples = op.map("unkey_triples", op.stateful_flat_map("track_user_clusters", by_user, track_user_clusters),
+                     lambda kv: kv[1])
+    by_pair = op.key_on("key_by_pair", triples, lambda t: f"{t.c1},{t.c2}")
+    states = op.stateful_flat_map("count_successors", by_pair, _count_successors(half_life_ms, top_k))
+    return triples, op.map("unkey_pair_states", states, lambda kv: kv[1])

@@ -1,0 +1,73 @@
+"""The transition rule and successor counts as dataflow steps (Bytewax TestingSource -> steps -> TestingSink)."""
+
+from __future__ import annotations
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from streams.content_stage import ClusteredEngagement
+from streams.contract import Engagement, RawMessage, Validator
+from streams.generator import GeneratorConfig, WorkloadGenerator
+from streams.transitions_stage import PairState, Triple, mine_successors, track_user_clusters
+
+DAY = 86_400_000
+
+
+def ce(user: str, cluster: int, ts: int, positive: bool = True) -> ClusteredEngagement:
+    return ClusteredEngagement(Engagement(user, f"i{cluster}", "like" if positive else "skip", ts, positive), cluster)
+
+
+def run(events: list[ClusteredEngagement], half_life_ms: int = DAY) -> tuple[list[Triple], list[PairState]]:
+    flow = Dataflow("transitions_test")
+    triples, states = mine_successors(op.input("in", flow, TestingSource(events)), half_life_ms=half_life_ms)
+    got_t, got_s = [], []
+    op.output("t", triples, TestingSink(got_t))
+    op.output("s", states, TestingSink(got_s))
+    run_main(flow)
+    return got_t, got_s
+
+
+def test_hand_worked_sequences():
+    events = [
+        ce("a", 1, 1), ce("a", 1, 2), ce("a", 2, 3), ce("a", 9, 4, positive=False),  # repeat; a negative one
+        ce("a", 1, 5), ce("a", 3, 6),  # back to h1: no triple, then (2, 1) -> 3
+        ce("b", 5, 7),  # a history shorter than two: nothing
+        ce("a", 4, 8),
+    ]
+    triples, states = run(events)
+    assert [(t.user_id, t.c1, t.c2, t.c_next) for t in triples] == [("a", 2, 1, 3), ("a", 1, 3, 4)]
+    assert [s.pair for s in states] == [(2, 1), (1, 3)]
+    assert [s.successors[0].cluster for s in states] == [3, 4]
+
+
+def test_user_step_state_is_the_tracker_snapshot():
+    state, out = track_user_clusters(None, ce("u", 4, 1))
+    state, out = track_user_clusters(state, ce("u", 6, 2))
+    assert state == (4, 6) and out == []
+    state, out = track_user_clusters(state, ce("u", 7, 3))
+    assert state == (6, 7) and [(t.c1, t.c2, t.c_next) for t in out] == [(4, 6, 7)]
+
+
+def test_busiest_pairs_find_the_generators_true_top_successor():
+    gen = WorkloadGenerator(GeneratorConfig(seed=7, events=60_000))
+    msgs = list(gen.messages())
+    truth = gen.ground_truth()
+    cutoff = min(d["start_ms"] for d in truth["drifts"] if d["kind"] == "transition")
+    v = Validator()
+    events = []
+    for i, m in enumerate(msgs):
+        e = v.validate(RawMessage(m.topic, 0, i, m.key, m.value))
+        if type(e) is Engagement and e.ts_ms < cutoff:
+            events.append(ClusteredEngagement(e, truth["items"][e.item_id]))
+    _, states = run(events, half_life_ms=2 * DAY)
+    latest: dict[tuple[int, int], PairState] = {}
+    for s in states:
+        latest[s.pair] = s  # full state per pair: the last one is the answer
+    busiest = sorted(latest.values(), key=lambda s: -s.support)[:20]
+    initial = truth["successors"]["initial"]
+    hits = 0
+    for s in busiest:
+        dist = initial[f"{s.pair[0]},{s.pair[1]}"]
+        hits += s.successors[0].cluster == int(max(dist, key=dist.get))
+    assert hits >= 16, hits
