@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import logging
 import sys
@@ -225,18 +226,20 @@ class Job:
 
     def _bootstrap_texts(self, n: int, k: int) -> list[str]:
         """Up to ``n`` valid content texts of this run's own input: generator, items file, or items topic."""
-        items_topic = self.settings.kafka.topic("items")
-        if self.mode == "embedded":
+        if self.mode == "kafka":
+            return self._bootstrap_texts_from_kafka(n, k)
+        if self.mode == "files":
+            from streams.clusters_cli import read_items
+
+            texts = list(read_items(self.args.items, self.validator)[0].values())[:n]
+        else:
             from streams.generator import WorkloadGenerator
 
-            raw = ((RawMessage(items_topic, 0, i, m.key, m.value))
+            items_topic = self.settings.kafka.topic("items")
+            raw = (RawMessage(items_topic, 0, i, m.key, m.value)
                    for i, m in enumerate(WorkloadGenerator(self.generator_config).messages()) if m.topic == "items")
-        elif self.mode == "files":
-            raw = (RawMessage(items_topic, 0, i, None, line.rstrip(b"\n"))
-                   for i, line in enumerate(self.args.items.open("rb")))
-        else:
-            return self._bootstrap_texts_from_kafka(n, k)
-        texts = [ev.text for ev in map(self.validator.validate, raw) if type(ev) is ContentEvent][:n]
+            content = (ev for ev in map(self.validator.validate, raw) if type(ev) is ContentEvent)
+            texts = [ev.text for ev in itertools.islice(content, n)]  # stops as soon as it has n
         if len(texts) < k:
             raise ValueError(f"{len(texts)} content texts cannot bootstrap {k} clusters")
         return texts
