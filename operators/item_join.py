@@ -13,6 +13,9 @@ backlog, an item's content can be minutes of processing behind its engagements b
 [('e2', 4), ('e3', 4)]
 >>> j.on_engagement("e4", now_ms=30)
 ([('e4', 4)], 0)
+>>> k = ItemClusterJoin(max_pending=2, max_wait_ms=1_000); _ = k.on_engagement("e5", now_ms=40)
+>>> ItemClusterJoin.from_snapshot(k.snapshot(), 2, 1_000).on_item(cluster=1, distance=0.1)
+[('e5', 1)]
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class ItemClusterJoin:
         if self.cluster is not None:
             return [(engagement, self.cluster)], 0
         dropped = 0
-        if self._pending and self.max_wait_ms is not None:
+        if self._pending:
             kept = [(t, e) for t, e in self._pending if now_ms - t <= self.max_wait_ms]
             dropped += len(self._pending) - len(kept)
             self._pending = kept
