@@ -24,6 +24,7 @@ class EmbeddedItem:
     novel: bool
     vector: np.ndarray
     text: str
+    ingest_ms: int = 0  # when its content entered the pipeline (wall clock), for freshness
 
 
 class ContentEmbedder:
@@ -61,6 +62,7 @@ class ContentEmbedder:
         vecs = self.vectors([e.text for e in events])
         clusters, dists = self.codebook.assign(vecs)
         return [
-            EmbeddedItem(e.item_id, e.ts_ms, int(c), float(d), bool(self.codebook.is_novel(d)), v, e.text)
+            EmbeddedItem(e.item_id, e.ts_ms, int(c), float(d), bool(self.codebook.is_novel(d)), v, e.text,
+                         getattr(e, "ingest_ms", 0))
             for e, c, d, v in zip(events, clusters, dists, vecs, strict=True)
         ]

@@ -182,6 +182,8 @@ class PairSnapshot:
     counter: CounterSnapshot
     reference: tuple[tuple[Hashable, float], ...] | None
     reference_ms: int | None
+    next_reference: tuple[tuple[Hashable, float], ...] | None = None
+    next_reference_ms: int | None = None
 
 
 class PairSuccessors:
@@ -199,7 +201,7 @@ class PairSuccessors:
     [('c', 0.25), ('b', 0.125)]
     """
 
-    __slots__ = ("_counter", "_reference", "_reference_ms", "half_life_ms")
+    __slots__ = ("_counter", "_next_reference", "_next_reference_ms", "_reference", "_reference_ms", "half_life_ms")
 
     def __init__(self, half_life_ms: float) -> None:
         DecayedCounter(half_life_ms)  # checks half_life_ms
@@ -210,6 +212,8 @@ class PairSuccessors:
         self._counter = DecayedCounter(self.half_life_ms)
         self._reference: dict[Hashable, float] | None = None  # successor -> share at the reference
         self._reference_ms: int | None = None
+        self._next_reference: dict[Hashable, float] | None = None  # see roll_reference
+        self._next_reference_ms: int | None = None
 
     def update(self, c_next: Hashable, ts_ms: int) -> PairSuccessors:
         self._counter.update(c_next, ts_ms)
@@ -225,9 +229,42 @@ class PairSuccessors:
         self._reference = {c: v / total for c, v in self._counter.items(now_ms)} if total > 0 else {}
         self._reference_ms = now_ms
 
+    def shares(self, now_ms: int) -> dict[Hashable, float]:
+        """Each successor's share of the pair's decayed observations at ``now_ms``."""
+        total = self._counter.total(now_ms)
+        return {c: v / total for c, v in self._counter.items(now_ms)} if total > 0 else {}
+
+    def roll_reference(self, now_ms: int, window_ms: int) -> bool:
+        """Keep the trend reference one to two ``window_ms`` old, for a stream: call before each update.
+
+        At each window boundary the shares marked at the previous boundary become the reference and the current
+        shares are marked for the next one, so the trend never drops to zero just after a roll. Returns whether
+        it rolled. Event times earlier than the last mark never roll.
+
+        >>> p = PairSuccessors(half_life_ms=1e12)
+        >>> for ts, c in [(0, "a"), (10, "a"), (20, "b"), (30, "b")]:
+        ...     _ = p.roll_reference(ts, window_ms=10); _ = p.update(c, ts)
+        >>> p.reference_ms, [(s.cluster, round(s.trend, 3)) for s in p.top(2, now_ms=30)]
+        (20, [('b', 0.5), ('a', -0.5)])
+        """
+        mark = self._next_reference_ms
+        if mark is not None and now_ms - mark < window_ms:
+            return False
+        if mark is not None:
+            self._reference, self._reference_ms = self._next_reference, mark
+        shares = self.shares(now_ms)
+        if shares:
+            self._next_reference, self._next_reference_ms = shares, now_ms
+        return mark is not None
+
     @property
     def reference_ms(self) -> int | None:
         return self._reference_ms
+
+    @property
+    def latest_ms(self) -> int | None:
+        """Event time of the newest observation (late ones do not move it back)."""
+        return self._counter.latest_ms
 
     def top(self, k: int, now_ms: int, mode: str = "frequency", exclude: Iterable[Hashable] = ()) -> list[Successor]:
         """The ``k`` best successors at ``now_ms``; shares are taken over the successors not in ``exclude``.
@@ -263,7 +300,8 @@ class PairSuccessors:
 
     def snapshot(self) -> PairSnapshot:
         ref = tuple(self._reference.items()) if self._reference is not None else None
-        return PairSnapshot(self._counter.snapshot(), ref, self._reference_ms)
+        nxt = tuple(self._next_reference.items()) if self._next_reference is not None else None
+        return PairSnapshot(self._counter.snapshot(), ref, self._reference_ms, nxt, self._next_reference_ms)
 
     @classmethod
     def from_snapshot(cls, snap: PairSnapshot) -> PairSuccessors:
@@ -271,6 +309,8 @@ class PairSuccessors:
         p._counter = DecayedCounter.from_snapshot(snap.counter)
         p._reference = dict(snap.reference) if snap.reference is not None else None
         p._reference_ms = snap.reference_ms
+        p._next_reference = dict(snap.next_reference) if snap.next_reference is not None else None
+        p._next_reference_ms = snap.next_reference_ms
         return p
 
 

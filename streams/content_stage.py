@@ -120,7 +120,7 @@ def inline_text_as_content(e: Engagement | ContentEvent) -> ContentEvent | None:
     if type(e) is ContentEvent:
         return e
     if e.text is not None:
-        return ContentEvent(e.item_id, e.text, e.ts_ms)
+        return ContentEvent(e.item_id, e.text, e.ts_ms, (), e.ingest_ms)
     return None
 
 

@@ -54,6 +54,9 @@ class RawMessage(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
+    # Wall-clock ms at which the message entered the pipeline: the Kafka record timestamp, or the time a file or
+    # generator source read it. Freshness (produce -> visible in the index) is measured from here.
+    ingest_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,7 @@ class Engagement:
     dwell_ms: int | None = None
     event_id: str | None = None
     text: str | None = None
+    ingest_ms: int = 0  # see RawMessage.ingest_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,7 @@ class ContentEvent:
     text: str
     ts_ms: int
     tags: tuple[str, ...] = ()
+    ingest_ms: int = 0  # see RawMessage.ingest_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +217,9 @@ class Validator:
         try:
             obj = self._load(msg.value)
             if msg.topic == self.engagements_topic:
-                return self._engagement(obj)
+                return self._engagement(obj, msg.ingest_ms)
             if msg.topic == self.items_topic:
-                return self._content(obj)
+                return self._content(obj, msg.ingest_ms)
             raise _Invalid("unknown_topic", None, f"no contract for topic {msg.topic!r}")
         except _Invalid as e:
             return DeadLetter(e.reason, e.detail, e.field, msg.topic, msg.partition, msg.offset, msg.key, msg.value)
@@ -273,7 +278,7 @@ class Validator:
                 raise _Invalid("oversize_field", field, f"{field} is {n} bytes; limit {self.max_text_bytes}")
         return v
 
-    def _engagement(self, obj: dict[str, Any]) -> Engagement:
+    def _engagement(self, obj: dict[str, Any], ingest_ms: int = 0) -> Engagement:
         user_id = self._id(obj, "user_id")
         item_id = self._id(obj, "item_id")
         action = obj.get("action")
@@ -299,9 +304,9 @@ class Validator:
         positive = action in POSITIVE_ACTIONS or (
             action == "view" and dwell is not None and dwell >= self.positive_dwell_ms
         )
-        return Engagement(user_id, item_id, action, ts_ms, positive, dwell, event_id, text)
+        return Engagement(user_id, item_id, action, ts_ms, positive, dwell, event_id, text, ingest_ms)
 
-    def _content(self, obj: dict[str, Any]) -> ContentEvent:
+    def _content(self, obj: dict[str, Any], ingest_ms: int = 0) -> ContentEvent:
         item_id = self._id(obj, "item_id")
         text = obj.get("text")
         if text is None:
@@ -315,4 +320,4 @@ class Validator:
             if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
                 raise _Invalid("wrong_type", "tags", "tags must be a list of strings")
             tags_t = tuple(tags)
-        return ContentEvent(item_id, text, ts_ms, tags_t)
+        return ContentEvent(item_id, text, ts_ms, tags_t, ingest_ms)

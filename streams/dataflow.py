@@ -9,6 +9,7 @@
                        -> items sink                        EmbeddedItem
                        -> events sink                       ClusteredEngagement
                        -> transitions (streams/transitions_stage.py) -> pairs sink   PairState
+                       -> index mutations (streams/index_stage.py) -> mutations sink  Mutation
                   -> events sink (without clustering)       Engagement | ContentEvent
 
 The events sink is where the next stages (transitions, drift, index) attach.
@@ -24,6 +25,7 @@ from bytewax.outputs import Sink
 
 from streams.content_stage import ClusteringConfig, cluster_events
 from streams.contract import ContentEvent, DeadLetter, Engagement, Validator
+from streams.index_stage import index_mutations
 from streams.metrics import DEAD_LETTERS
 from streams.sinks import KeyedValue
 from streams.transitions_stage import mine_successors
@@ -49,8 +51,9 @@ def build_flow(
     clustering: ClusteringConfig | None = None,
     items_sink: Sink | None = None,
     pairs_sink: Sink | None = None,
+    mutations_sink: Sink | None = None,
     half_life_ms: int = 2 * 86_400_000,
-    top_k: int = 5,
+    trend_window_ms: int = 86_400_000,
     flow_id: str = "driftrag",
 ) -> Dataflow:
     flow = Dataflow(flow_id)
@@ -69,7 +72,11 @@ def build_flow(
     if items_sink is not None:
         op.output("write_items", items, items_sink)
     op.output("write_events", clustered, events_sink)
+    if pairs_sink is None and mutations_sink is None:
+        return flow
+    _, pair_states = mine_successors(clustered, half_life_ms=half_life_ms, trend_window_ms=trend_window_ms)
     if pairs_sink is not None:
-        _, pair_states = mine_successors(clustered, half_life_ms=half_life_ms, top_k=top_k)
         op.output("write_pairs", pair_states, pairs_sink)
+    if mutations_sink is not None:
+        op.output("write_index_mutations", index_mutations(items, clustered, pair_states), mutations_sink)
     return flow

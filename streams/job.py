@@ -29,7 +29,16 @@ from streams.contract import ContentEvent, Engagement, RawMessage, Validator
 from streams.dataflow import build_flow
 from streams.metrics import EVENTS_VALID
 from streams.settings import Settings
-from streams.sinks import CallbackSink, Counter, CountingSink, JsonlSink, KafkaProducerSink, KeyedValue
+from streams.sinks import (
+    CallbackSink,
+    Counter,
+    CountingSink,
+    JsonlSink,
+    KafkaMutationSink,
+    KafkaProducerSink,
+    KeyedValue,
+    LiveIndexSink,
+)
 from streams.sources import GeneratorSource, JsonlFileSource, KafkaRawSource
 from streams.transitions_stage import PairState
 
@@ -39,12 +48,13 @@ log = logging.getLogger(__name__)
 def event_to_json(e: Engagement | ContentEvent) -> bytes:
     """One validated event as a JSON line, with its type."""
     kind = "engagement" if type(e) is Engagement else "content"
-    return orjson.dumps({"type": kind, **{f: getattr(e, f) for f in e.__slots__}})
+    return orjson.dumps({"type": kind, **{f: getattr(e, f) for f in e.__slots__ if f != "ingest_ms"}})
 
 
 def clustered_to_json(ce: ClusteredEngagement) -> bytes:
     e = ce.engagement
-    return orjson.dumps({"type": "engagement", **{f: getattr(e, f) for f in e.__slots__}, "cluster": ce.cluster})
+    fields = {f: getattr(e, f) for f in e.__slots__ if f != "ingest_ms"}
+    return orjson.dumps({"type": "engagement", **fields, "cluster": ce.cluster})
 
 
 def item_to_json(i: EmbeddedItem) -> bytes:
@@ -92,6 +102,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     clu.add_argument("--backend", help="embedding backend: auto, onnx, onnx-int8, torch (default: settings)")
     clu.add_argument("--model", help="sentence-transformers model name or path (default: all-MiniLM-L6-v2)")
     clu.add_argument("--codebook-dir", type=Path, help="codebook store (default: settings.clusters.codebook_dir)")
+    api = p.add_argument_group("live index and query API (embedded and file modes; with Kafka: `driftrag serve`)")
+    api.add_argument("--port", type=int, help="query API port (default: settings.index.port; 0: any free port)")
+    api.add_argument("--host", help="query API host (default: settings.index.host)")
+    api.add_argument("--no-api", action="store_true", help="keep the live index in process but serve no HTTP API")
+    api.add_argument("--keep-serving", action="store_true",
+                     help="after the input ends, keep serving the API until Ctrl-C")
     p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
 
 
@@ -106,7 +122,10 @@ def _apply_overrides(args: argparse.Namespace, settings: Settings) -> Settings:
         k: v for k, v in {"backend": args.backend, "model": args.model}.items() if v is not None}})
     clusters = settings.clusters.model_copy(update={k: v for k, v in {
         "codebook_dir": args.codebook_dir}.items() if v is not None})
-    return settings.model_copy(update={"kafka": kafka, "run": run, "embedding": embedding, "clusters": clusters})
+    index = settings.index.model_copy(update={k: v for k, v in {
+        "port": getattr(args, "port", None), "host": getattr(args, "host", None)}.items() if v is not None})
+    return settings.model_copy(update={"kafka": kafka, "run": run, "embedding": embedding, "clusters": clusters,
+                                       "index": index})
 
 
 class Job:
@@ -151,6 +170,11 @@ class Job:
         self.pairs: dict[tuple[int, int], PairState] = {}
         self._pairs_lock = threading.Lock()
         self.clustering = None if args.no_clusters else self._clustering()
+        self.live = None
+        self.server = None
+        mutations_sink = None
+        if self.clustering is not None:
+            mutations_sink = self._mutations_sink()
         encode = event_to_json if self.clustering is None else clustered_to_json
         self._events_file = JsonlSink(out / "events.jsonl", encode=encode) if out is not None else None
         items_file = JsonlSink(out / "items.jsonl", encode=item_to_json) if out is not None else None
@@ -162,9 +186,75 @@ class Job:
             clustering=self.clustering,
             items_sink=CountingSink(items_file, self._count_items),
             pairs_sink=CallbackSink(self._keep_pairs),
+            mutations_sink=mutations_sink,
             half_life_ms=settings.transitions.half_life_ms,
-            top_k=settings.transitions.top_k,
+            trend_window_ms=settings.transitions.trend_window_ms,
         )
+
+    # -- live index ----------------------------------------------------------------------------------------
+
+    def _mutations_sink(self):  # noqa: ANN202
+        """Kafka: the compacted changelog that `driftrag serve` replicas follow. Otherwise: an in-process index."""
+        from index.mutations import codebook_fields, codebook_mutation
+
+        cb_mutation = codebook_mutation(**codebook_fields(self.codebook))
+        if self.mode == "kafka":
+            k = self.settings.kafka
+            sink = KafkaMutationSink(k.client(), k.topic("index_mutations"))
+            part = sink.build("publish_codebook", 0, 1)
+            part.write_batch([cb_mutation])  # replicas need the clusters before the first pair; idempotent
+            part.close()
+            return sink
+        from index.live import LiveIndex
+        from index.service import LazyEncoder
+
+        ix, es = self.settings.index, self.settings.embedding
+        encoder = LazyEncoder(lambda: make_embedder(es.backend, es.model, batch_size=es.batch_size))
+        self.live = LiveIndex(backend=ix.backend, approx_threshold=ix.approx_threshold, min_support=ix.min_support,
+                              encoder=encoder if ix.text_search else None)
+        self.live.apply([cb_mutation])
+        return LiveIndexSink(self.live)
+
+    def _start_api(self) -> None:
+        from index.http import create_app, serve_in_thread
+
+        ix = self.settings.index
+        app = create_app(self.live)
+        try:
+            self.server = serve_in_thread(app, host=ix.host, port=ix.port)
+        except OSError as e:
+            if self.args.port is not None:
+                raise OSError(f"cannot serve the query API on {ix.host}:{ix.port}: {e}") from None
+            say(f"port {ix.port} is busy ({e}); serving the query API on a free port instead")
+            self.server = serve_in_thread(app, host=ix.host, port=0)
+        say(f"query API at {self.server.url}  (POST /v1/context, POST /v1/search, GET /v1/clusters/{{id}}, "
+            "/healthz, /readyz, /metrics)")
+
+    def _show_context(self, final: bool = False) -> None:
+        """Ask the live API what it would tell an LLM about the busiest pair: the whole path, end to end."""
+        busiest = self._busiest_pairs(1)
+        if self.live is None or not busiest:
+            return
+        pair = list(busiest[0].pair)
+        try:
+            if self.server is not None:
+                from index.client import DriftragClient
+
+                with DriftragClient(self.server.url) as client:
+                    ctx = client.context(clusters=pair, k=3)
+            else:
+                ctx = self.live.context(clusters=pair, k=3)
+        except Exception as e:  # noqa: BLE001 - a progress line must never stop the job
+            say(f"context query failed: {e}")
+            return
+        f = ctx["freshness"]
+        lag = "n/a" if f["lag_ms"] is None else f"{f['lag_ms'] / 1000:.2f} s"
+        if final:
+            say("context for the busiest pair, as an LLM would get it:\n" + ctx["prompt"])
+            return
+        succ = ", ".join(f'{s["cluster"]} "{s["label"]}" {s["score"]:.0%}' for s in ctx["successors"])
+        say(f"context {ctx['pair']} ({ctx['source']}) -> {succ}; freshness: version {f['index_version']}, "
+            f"watermark {f['watermark_ts']}, lag {lag}")
 
     def _keep_pairs(self, states: list[PairState]) -> None:
         """Each PairState is its pair's full state: keeping the latest per pair is the whole table."""
@@ -341,7 +431,16 @@ class Job:
             "triples": c.get("triples", 0),
             "pairs": len(self.pairs),
             "busiest_pairs": [self._pair_json(p) for p in self._busiest_pairs(3)],
+            **self._index_summary(),
         }
+
+    def _index_summary(self) -> dict[str, Any]:
+        if self.live is None:
+            return {}
+        lags = sorted(self.live.freshness_ms)
+        pick = (lambda q: round(lags[min(len(lags) - 1, int(q * len(lags)))], 1)) if lags else (lambda q: None)
+        out = {k: v for k, v in self.live.summary().items() if k != "offsets"}
+        return {"index": {**out, "freshness_p50_ms": pick(0.5), "freshness_p99_ms": pick(0.99)}}
 
     def _busiest_pairs(self, n: int | None = None) -> list[PairState]:
         with self._pairs_lock:
@@ -352,13 +451,16 @@ class Job:
         return {"pair": list(st.pair), "labels": [label(st.pair[0]), label(st.pair[1])],
                 "support": round(st.support, 2), "ts_ms": st.ts_ms,
                 "successors": [{"cluster": s.cluster, "label": label(s.cluster), "score": round(s.score, 4),
-                                "count": round(s.count, 2)} for s in st.successors]}
+                                "count": round(s.count, 2), "trend": round(s.trend, 4)}
+                               for s in st.successors[: self.settings.transitions.top_k]]}
 
     def run(self) -> dict[str, Any]:
         rs = self.settings.run
         recovery = None
         if rs.recovery_dir is not None:
             recovery = _recovery_config(rs.recovery_dir, rs.backup_interval_s, self.args)
+        if self.live is not None and not self.args.no_api:
+            self._start_api()
         t0 = time.monotonic()
         stop = threading.Event()
         ticker = threading.Thread(target=self._progress, args=(t0, stop), daemon=True)
@@ -377,6 +479,16 @@ class Job:
         finally:
             stop.set()
         summary = self.summary(time.monotonic() - t0)
+        self._show_context(final=True)
+        if self.server is not None:
+            if self.args.keep_serving:
+                say(f"input done; still serving {self.server.url} (Ctrl-C stops)")
+                try:
+                    while True:
+                        time.sleep(3600)
+                except KeyboardInterrupt:
+                    pass
+            self.server.stop()
         if self.args.out is not None:
             (self.args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             if self.clustering is not None:
@@ -394,6 +506,7 @@ class Job:
                 f"{s['dead_letter']:,} dead-letter) {s['messages_per_s'] or 0:,.0f} msg/s",
                 file=sys.stderr, flush=True,
             )
+            self._show_context()
 
 
 def _recovery_config(db_dir: Path, backup_interval_s: float, args: argparse.Namespace) -> RecoveryConfig:

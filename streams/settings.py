@@ -43,6 +43,9 @@ def _default_topics() -> dict[str, TopicSpec]:
         "items": TopicSpec(name="items", partitions=3),
         "drift_alerts": TopicSpec(name="drift-alerts", partitions=1, retention_ms=30 * DAY_MS),
         "dead_letter": TopicSpec(name="dead-letter", partitions=1, retention_ms=30 * DAY_MS),
+        # The live index's changelog: full state per key, so compaction keeps exactly what a new replica needs.
+        "index_mutations": TopicSpec(name="index-mutations", partitions=3, retention_ms=-1,
+                                     cleanup_policy="compact"),
     }
 
 
@@ -142,7 +145,22 @@ class TransitionSettings(BaseModel):
     """Per-user transitions and per-pair successor counts (brief: 'Transitions')."""
 
     half_life_ms: int = Field(2 * DAY_MS, gt=0)  # successor counts decay in event time
-    top_k: int = Field(5, ge=1)  # successors kept in each pair's state
+    top_k: int = Field(5, ge=1)  # successors listed per pair in the job's summary
+    # Trend = a successor's share now minus its share one to two windows ago (event time).
+    trend_window_ms: int = Field(DAY_MS, gt=0)
+
+
+class IndexSettings(BaseModel):
+    """The live index and its query service (`driftrag serve`, and the API of `driftrag run --embedded`)."""
+
+    backend: str = "auto"  # vector search: auto | cpu | gpu | faiss-cpu (index.vectors.SlotVectorIndex)
+    approx_threshold: int | None = Field(None, ge=1)  # live items from which searches go approximate (None: exact)
+    min_support: float = Field(3.0, ge=0)  # decayed transitions before a pair's own successors are used
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    snapshot_dir: Path = Path.home() / ".cache" / "driftrag" / "index"
+    snapshot_interval_s: float = Field(60.0, gt=0)
+    text_search: bool = True  # load the embedding model for /v1/search {"text": ...}
 
 
 class Settings(BaseSettings):
@@ -154,4 +172,5 @@ class Settings(BaseSettings):
     run: RunSettings = Field(default_factory=RunSettings)
     clusters: ClusterSettings = Field(default_factory=ClusterSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
     transitions: TransitionSettings = Field(default_factory=TransitionSettings)

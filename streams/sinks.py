@@ -71,6 +71,46 @@ class KafkaProducerSink(DynamicSink[KeyedValue]):
         return _ProducerPartition(self.config, self.topic)
 
 
+def latest_per_key(mutations: list[Any]) -> list[Any]:
+    """Keep the last mutation of each key in a batch, in order of last appearance: each one is its key's full
+    state, so the earlier ones add nothing (Kafka compaction would drop them later anyway)."""
+    latest = {m.key: m for m in mutations}
+    return list(latest.values())
+
+
+class _MutationProducerPartition(_ProducerPartition):
+    def write_batch(self, items: list[Any]) -> None:
+        from index.mutations import encode
+
+        super().write_batch([KeyedValue(*encode(m)) for m in latest_per_key(items)])
+
+
+class KafkaMutationSink(KafkaProducerSink):
+    """Index mutations to the compacted changelog topic, keyed by mutation key (so a key stays in one partition
+    and its order holds)."""
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _MutationProducerPartition:
+        return _MutationProducerPartition(self.config, self.topic)
+
+
+class _IndexPartition(StatelessSinkPartition[Any]):
+    def __init__(self, live: Any) -> None:
+        self._live = live
+
+    def write_batch(self, items: list[Any]) -> None:
+        self._live.apply(items)
+
+
+class LiveIndexSink(DynamicSink[Any]):
+    """Index mutations straight into an in-process :class:`index.live.LiveIndex` (the embedded mode)."""
+
+    def __init__(self, live: Any) -> None:
+        self.live = live
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _IndexPartition:
+        return _IndexPartition(self.live)
+
+
 class _JsonlPartition(StatelessSinkPartition[Any]):
     def __init__(self, path: Path, encode) -> None:  # noqa: ANN001
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,7 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
         batch: list[RawMessage] = []
         append = batch.append
         topic, part = self._topic, self._partition
+        now_ms = int(time.time() * 1000)
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -58,7 +59,8 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
                     continue
                 # Broker/transport errors are not bad data: fail loudly, recovery resumes from the last offset.
                 raise RuntimeError(f"error consuming {topic}[{part}]: {err}")
-            append(RawMessage(topic, part, m.offset(), m.key(), m.value()))
+            ts_type, ts = m.timestamp()
+            append(RawMessage(topic, part, m.offset(), m.key(), m.value(), ts if ts_type and ts > 0 else now_ms))
         if batch:
             self._offset = batch[-1].offset + 1
             self._awake = None
@@ -141,11 +143,12 @@ class _FilePartition(StatefulSourcePartition[RawMessage, tuple[int, int]]):
         batch = []
         topic, line = self._topic, self._line
         readline = self._f.readline
+        now_ms = int(time.time() * 1000)
         for _ in range(self._batch_size):
             raw = readline()
             if not raw:
                 break
-            batch.append(RawMessage(topic, 0, line, None, raw[:-1] if raw.endswith(b"\n") else raw))
+            batch.append(RawMessage(topic, 0, line, None, raw[:-1] if raw.endswith(b"\n") else raw, now_ms))
             line += 1
         self._line = line
         if not batch:
@@ -211,8 +214,9 @@ class _GeneratorPartition(StatefulSourcePartition[RawMessage, int]):
             self._awake = None
             n = min(n, allowed)
         batch = []
+        now_ms = int(time.time() * 1000)
         for m in self._it:
-            batch.append(m)
+            batch.append(m._replace(ingest_ms=now_ms))
             if len(batch) >= n:
                 break
         if not batch:

@@ -27,36 +27,42 @@ class Triple:
     c_next: int
     ts_ms: int
     user_id: str
+    ingest_ms: int = 0  # when the engagement that completed the triple entered the pipeline
 
 
 @dataclass(frozen=True, slots=True)
 class PairState:
     pair: tuple[int, int]
-    successors: tuple[Successor, ...]  # frequency-ranked, at ts_ms
+    successors: tuple[Successor, ...]  # every successor, frequency-ranked, counts at ts_ms, trend vs reference
     support: float  # decayed number of observed triples
     ts_ms: int  # event time of the latest triple
+    ingest_ms: int = 0
+    half_life_ms: float = 0.0
 
 
 def track_user_clusters(state: tuple | None, ce: ClusteredEngagement) -> tuple[tuple, list[Triple]]:
     """One user's (h1, h2); the state is the tracker's immutable snapshot, so Bytewax recovery can store it."""
     tracker = TransitionTracker(*(state or (None, None)))
     t = tracker.update(ce.cluster)
-    out = [] if t is None else [Triple(t[0], t[1], t[2], ce.engagement.ts_ms, ce.engagement.user_id)]
+    e = ce.engagement
+    out = [] if t is None else [Triple(t[0], t[1], t[2], e.ts_ms, e.user_id, e.ingest_ms)]
     return tracker.state, out
 
 
-def _count_successors(half_life_ms: int, top_k: int):  # noqa: ANN202
+def _count_successors(half_life_ms: int, trend_window_ms: int):  # noqa: ANN202
     def step(state: PairSuccessors | None, t: Triple) -> tuple[PairSuccessors, list[PairState]]:
         if state is None:
             state = PairSuccessors(half_life_ms)
+        state.roll_reference(t.ts_ms, trend_window_ms)
         state.update(t.c_next, t.ts_ms)
-        top = state.top(top_k, t.ts_ms)
-        return state, [PairState((t.c1, t.c2), tuple(top), state.total(t.ts_ms), t.ts_ms)]
+        now = state.latest_ms or t.ts_ms  # a late triple does not move the pair's clock back
+        every = state.top(max(1, len(state)), now)
+        return state, [PairState((t.c1, t.c2), tuple(every), state.total(now), now, t.ingest_ms, half_life_ms)]
 
     return step
 
 
-def mine_successors(clustered: Stream[ClusteredEngagement], *, half_life_ms: int, top_k: int = 5
+def mine_successors(clustered: Stream[ClusteredEngagement], *, half_life_ms: int, trend_window_ms: int = 86_400_000
                     ) -> tuple[Stream[Triple], Stream[PairState]]:
     """Wire the transition rule and the decayed successor counts onto clustered engagements."""
     positive = op.filter("positive_only", clustered, lambda ce: ce.engagement.positive)
@@ -64,5 +70,5 @@ def mine_successors(clustered: Stream[ClusteredEngagement], *, half_life_ms: int
     triples = op.map("unkey_triples", op.stateful_flat_map("track_user_clusters", by_user, track_user_clusters),
                      lambda kv: kv[1])
     by_pair = op.key_on("key_by_pair", triples, lambda t: f"{t.c1},{t.c2}")
-    states = op.stateful_flat_map("count_successors", by_pair, _count_successors(half_life_ms, top_k))
+    states = op.stateful_flat_map("count_successors", by_pair, _count_successors(half_life_ms, trend_window_ms))
     return triples, op.map("unkey_pair_states", states, lambda kv: kv[1])

@@ -1,0 +1,217 @@
+"""LiveIndex logic without HTTP or Kafka: mutations in, context out; snapshots; order independence; bad records;
+and the dataflow's mutations from a real embedded run."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from index.live import BadRequest, LiveIndex, NotFound, NotReady
+from index.mutations import (
+    Mutation,
+    MutationError,
+    codebook_mutation,
+    decode,
+    encode,
+    item_mutation,
+    pair_mutation,
+    stats_mutation,
+)
+
+DIM, K = 8, 6
+RNG = np.random.default_rng(3)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+CENTROIDS = unit(RNG.standard_normal((K, DIM)))
+KEYWORDS = [[f"topic{c}", f"word{c}"] for c in range(K)]
+
+
+def succ(*pairs: tuple[int, float], trend: float = 0.0) -> list[dict]:
+    total = sum(n for _, n in pairs)
+    return [{"cluster": c, "count": n, "score": n / total, "trend": trend} for c, n in pairs]
+
+
+def world(n_items: int = 60) -> list[Mutation]:
+    muts = [codebook_mutation(CENTROIDS, KEYWORDS, version="v1", model="test")]
+    for i in range(n_items):
+        c = i % K
+        vec = unit(CENTROIDS[c] + 0.1 * RNG.standard_normal(DIM))
+        muts.append(item_mutation(f"it{i:03d}", cluster=c, distance=0.1, novel=False, text=f"item {i} of {c}",
+                                  ts_ms=1_000 + i, ingest_ms=0, vector=vec))
+        muts.append(stats_mutation(f"it{i:03d}", cluster=c, engagements=i + 1, positive=i // 2,
+                                   first_seen_ms=1_000 + i, last_seen_ms=10_000 + 7 * i % 50, ingest_ms=0))
+    muts.append(pair_mutation(0, 1, successors=succ((2, 30.0), (3, 10.0)), support=40.0, half_life_ms=1e9,
+                              ts_ms=20_000, ingest_ms=0))
+    muts.append(pair_mutation(1, 2, successors=succ((4, 5.0), (5, 15.0)), support=20.0, half_life_ms=1e9,
+                              ts_ms=20_000, ingest_ms=0))
+    muts.append(pair_mutation(3, 4, successors=succ((0, 1.0)), support=1.0, half_life_ms=1e9,
+                              ts_ms=20_000, ingest_ms=0))
+    return muts
+
+
+@pytest.fixture
+def live() -> LiveIndex:
+    ix = LiveIndex(backend="cpu", min_support=3.0)
+    ix.apply(world())
+    return ix
+
+
+def test_exact_pair_ranks_by_share_and_labels_by_keywords(live):
+    ctx = live.context(clusters=[0, 1], k=2)
+    assert ctx["source"] == "exact"
+    assert [s["cluster"] for s in ctx["successors"]] == [2, 3]
+    assert ctx["successors"][0]["score"] == pytest.approx(0.75)
+    assert ctx["labels"] == ["topic0, word0", "topic1, word1"]
+    assert 'cluster 2 "topic2, word2": 75% of next steps' in ctx["prompt"]
+    assert {i["cluster"] for i in ctx["items"]} == {2, 3} and len(ctx["items"]) == 4
+
+
+def test_sparse_pair_backs_off_to_nearest_supported_pairs_never_to_itself(live):
+    ctx = live.context(clusters=[3, 4])  # support 1 < 3
+    assert ctx["source"] == "neighbor"
+    assert all(s["cluster"] not in (3, 4) for s in ctx["successors"])
+    assert ctx["evidence"]["pairs"] and [3, 4] not in ctx["evidence"]["pairs"]
+
+
+def test_no_supported_neighbour_means_global():
+    ix = LiveIndex(backend="cpu", min_support=1e6)
+    ix.apply(world())
+    ctx = ix.context(clusters=[0, 1])
+    assert ctx["source"] == "global"
+    assert all(s["cluster"] not in (0, 1) for s in ctx["successors"])
+
+
+def test_history_applies_the_transition_rule(live):
+    # clusters of it000..: i % 6. History 0,0,1,0 -> (h1, h2) = (1, 0); unknown ids reported.
+    ctx = live.context(history=["it000", "it006", "it001", "nope", "it012"])
+    assert ctx["pair"] == [1, 0]
+    assert ctx["unknown_items"] == ["nope"]
+    assert live.context(history=["it000", "it001"])["pair"] == [0, 1]
+    assert live.context(history=["nope"])["source"] == "global"
+
+
+def test_trend_mode_ranks_by_trend():
+    ix = LiveIndex(backend="cpu", min_support=0.0)
+    ix.apply([codebook_mutation(CENTROIDS, KEYWORDS, version="v1", model="t"),
+              pair_mutation(0, 1, successors=[{"cluster": 2, "count": 9.0, "score": 0.9, "trend": -0.1},
+                                              {"cluster": 3, "count": 1.0, "score": 0.1, "trend": 0.1}],
+                            support=10.0, half_life_ms=1e9, ts_ms=0, ingest_ms=0)])
+    assert [s["cluster"] for s in ix.context(clusters=[0, 1], mode="trend")["successors"]] == [3, 2]
+    assert [s["cluster"] for s in ix.context(clusters=[0, 1])["successors"]] == [2, 3]
+
+
+def test_counts_decay_to_the_watermark():
+    ix = LiveIndex(backend="cpu", min_support=0.0)
+    ix.apply([codebook_mutation(CENTROIDS, KEYWORDS, version="v1", model="t"),
+              pair_mutation(0, 1, successors=succ((2, 8.0)), support=8.0, half_life_ms=1_000, ts_ms=0,
+                            ingest_ms=0),
+              pair_mutation(2, 3, successors=succ((4, 1.0)), support=1.0, half_life_ms=1_000, ts_ms=2_000,
+                            ingest_ms=0)])
+    assert ix.context(clusters=[0, 1])["successors"][0]["count"] == pytest.approx(2.0)  # two half-lives
+
+
+def test_errors_are_typed(live):
+    with pytest.raises(BadRequest):
+        live.context()
+    with pytest.raises(BadRequest):
+        live.context(clusters=[0, 1], history=["x"])
+    with pytest.raises(BadRequest):
+        live.context(clusters=[0, 1], k=0)
+    with pytest.raises(NotFound):
+        live.context(clusters=[0, 99])
+    with pytest.raises(NotFound):
+        live.cluster(99)
+    with pytest.raises(NotReady):
+        LiveIndex(backend="cpu").context(clusters=[0, 1])
+    with pytest.raises(NotReady):
+        live.search(text="needs a model")
+
+
+def test_bad_mutations_are_counted_and_skipped_the_rest_applies(live):
+    before = live.rejected
+    good = item_mutation("fresh", cluster=1, distance=0.0, novel=False, text="x", ts_ms=1, ingest_ms=0,
+                         vector=CENTROIDS[1])
+    bad_vec = Mutation("item:bad", {**good.value, "item_id": "bad", "vector": "AAAA"})
+    live.apply([bad_vec, Mutation("pair:zz", {"successors": []}), good])
+    assert live.rejected == before + 2
+    assert live.search(vector=CENTROIDS[1], k=1)["items"][0]["item_id"] in {"fresh"} | set(live.item_payloads)
+    assert "fresh" in live.item_payloads and "bad" not in live.item_payloads
+    with pytest.raises(MutationError):
+        decode(b"nonsense:1", b"{}")
+    with pytest.raises(MutationError):
+        decode(b"item:x", b"not json")
+
+
+def test_wire_round_trip_and_delete():
+    ix = LiveIndex(backend="cpu")
+    ix.apply([decode(*encode(m)) for m in world()])
+    assert len(ix.items) == 60
+    ix.apply([decode(b"item:it000", None)])
+    assert len(ix.items) == 59 and "it000" not in ix.item_payloads
+    assert all(h["item_id"] != "it000" for h in ix.search(vector=CENTROIDS[0], k=59)["items"])
+
+
+def test_search_returns_nearest_items_with_payload(live):
+    res = live.search(vector=CENTROIDS[2].tolist(), k=5)
+    scores = [h["score"] for h in res["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(h["cluster"] == 2 for h in res["items"][:5])
+    with pytest.raises(BadRequest):
+        live.search(vector=[1.0, 2.0], k=3)
+
+
+def test_answers_do_not_depend_on_mutation_order_or_replays():
+    """What a replica gets from a changelog partitioned differently, or replayed after a crash."""
+    muts = world()
+    a, b = LiveIndex(backend="cpu"), LiveIndex(backend="cpu")
+    a.apply(muts)
+    shuffled = muts[:1] + random.Random(1).sample(muts[1:], len(muts) - 1)
+    for i in range(0, len(shuffled), 7):
+        b.apply(shuffled[i:i + 7])
+    b.apply(muts[1:40])  # a replay of older full states of the same keys changes nothing
+    for q in ([0, 1], [1, 2], [3, 4], [5]):
+        ca, cb = a.context(clusters=q), b.context(clusters=q)
+        for c in (ca, cb):
+            c.pop("freshness")
+            c.pop("prompt")
+        assert ca == cb
+
+
+def test_snapshot_round_trip_keeps_answers_offsets_and_watermark(live, tmp_path):
+    live.apply([], offsets={"t.index-mutations": {0: 10, 1: 7}})
+    live.save_snapshot(tmp_path)
+    back = LiveIndex.load_snapshot(tmp_path, backend="cpu", min_support=3.0)
+    assert back.offsets == {"t.index-mutations": {0: 10, 1: 7}}
+    assert back.watermark_ts == live.watermark_ts and back.version == live.version
+    for q in ([0, 1], [3, 4], [2]):
+        assert back.context(clusters=q) | {"freshness": None} == live.context(clusters=q) | {"freshness": None}
+    assert back.search(vector=CENTROIDS[3], k=4)["items"] == live.search(vector=CENTROIDS[3], k=4)["items"]
+    assert back.cluster(2)["size"] == live.cluster(2)["size"] == 10
+    with pytest.raises(FileNotFoundError):
+        LiveIndex.load_snapshot(tmp_path / "none")
+
+
+def test_snapshots_are_switched_atomically_and_old_ones_pruned(live, tmp_path):
+    for _ in range(4):
+        live.apply([stats_mutation("it001", cluster=1, engagements=5, positive=5, first_seen_ms=0,
+                                   last_seen_ms=live.version, ingest_ms=0)])
+        live.save_snapshot(tmp_path, keep=2)
+    assert len(list(tmp_path.glob("snap-*"))) == 2
+    assert not list(tmp_path.glob(".*tmp*"))
+    assert LiveIndex.load_snapshot(tmp_path).version == live.version
+
+
+def test_freshness_measures_ingest_to_apply():
+    clock = [100.0]
+    ix = LiveIndex(backend="cpu", clock=lambda: clock[0])
+    ix.apply([stats_mutation("a", cluster=0, engagements=1, positive=1, first_seen_ms=5, last_seen_ms=5,
+                             ingest_ms=99_750)])
+    assert list(ix.freshness_ms) == [250.0]
+    clock[0] = 101.0
+    assert ix.freshness() == {"watermark_ts": 5, "index_version": 1, "lag_ms": 1_250}
