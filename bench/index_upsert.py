@@ -3,12 +3,14 @@
 Prints one JSON object.
 
     python bench/index_upsert.py [--items 200000] [--dim 384] [--batch 100] [--batches 500] [--idmap-seconds 20]
+                                 [--backend cpu|faiss-cpu|gpu|auto] [--approx-threshold N] [--nprobe 16]
 
 Updates come in batches (as a stream would send them): ``--update-fraction`` of each batch re-embeds existing ids,
 the rest are new ids. FAISS gets the same batches in the same order until ``--idmap-seconds`` have passed (its
 updates are O(N) each, so it sees a prefix); rates are per update. Headline keys: ``upserts_per_s``,
 ``upsert_speedup_vs_idmap2``, ``query_ms`` (p50/p99, k=10, one query at a time) and ``recall_at_10`` against
-numpy brute force over the state each index should hold.
+numpy brute force over the state each index should hold. ``search_path`` says what searched ours (``numpy``,
+``faiss-cpu``, ``faiss-gpu`` or ``torch-cuda``, ``+ivf`` when approximate).
 """
 
 from __future__ import annotations
@@ -81,7 +83,11 @@ def main() -> int:
     p.add_argument("--idmap-seconds", type=float, default=20.0)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--backend", default="cpu")
+    p.add_argument("--backend", default="cpu", choices=["cpu", "faiss-cpu", "gpu", "auto"],
+                   help="SlotVectorIndex backend (gpu: faiss-gpu where installed, else torch)")
+    p.add_argument("--approx-threshold", type=int, default=None,
+                   help="live items from which SlotVectorIndex searches an IVF index (default: always exact)")
+    p.add_argument("--nprobe", type=int, default=16, help="IVF lists probed per query in approximate mode")
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args()
 
@@ -92,7 +98,8 @@ def main() -> int:
     log(f"{args.items} items, dim {args.dim}, {args.batches} batches of {args.batch}")
 
     # ours: build, then stream the update batches
-    ours = SlotVectorIndex(args.dim, capacity=args.items + args.items // 4, backend=args.backend)
+    ours = SlotVectorIndex(args.dim, capacity=args.items + args.items // 4, backend=args.backend,
+                           approx_threshold=args.approx_threshold, nprobe=args.nprobe)
     t0 = time.perf_counter()
     for start in range(0, args.items, 10_000):
         ours.apply({f"i{j}": base[j] for j in range(start, min(start + 10_000, args.items))})
@@ -143,7 +150,8 @@ def main() -> int:
     result = {
         "bench": "index_upsert",
         "items": args.items, "dim": args.dim, "batch": args.batch, "update_fraction": args.update_fraction,
-        "backend": ours.backend, "k": k, "queries": args.queries,
+        "backend": ours.backend, "search_path": ours.search_path, "approx_threshold": args.approx_threshold,
+        "nprobe": args.nprobe if args.approx_threshold is not None else None, "k": k, "queries": args.queries,
         "updates": {"slot_vector_index": ours_updates, "faiss_idmap2": idmap_updates},
         "upserts_per_s": {"slot_vector_index": round(ours_rate), "faiss_idmap2": round(idmap_rate)},
         "upsert_speedup_vs_idmap2": round(ours_rate / idmap_rate, 1),

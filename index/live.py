@@ -564,7 +564,8 @@ class LiveIndex:
                 raise BadRequest("vector must be finite")
             q = _unit(q)
         if items is None or len(items) == 0:
-            return {"items": [], "index_version": self.version, "freshness": self.freshness()}
+            return {"items": [], "vectors_version": 0 if items is None else items.version,
+                    "freshness": self.freshness()}
         if q.shape != (items.dim,):
             raise BadRequest(f"vector must have {items.dim} values, got {q.size}")
         hits = items.search_latest(q, k)

@@ -5,12 +5,28 @@ dict id -> slot. Updates never cost O(N):
 
 - an upsert writes the vector into a free slot (O(d)) and, for a known id, tombstones its old slot;
 - a delete tombstones the id's slot (O(1));
-- a tombstoned slot is reused once no reader can still see it (see *Consistency*);
+- a tombstoned slot is reused once no reader can still see it (see *Consistency*), on stores that can
+  overwrite a row in place;
 - ``compact()`` (also run automatically, see ``should_compact``) repacks the live rows densely.
 
-Exact search is one matrix product over the used slots with tombstones masked to ``-inf``, then top-k
-(numpy BLAS on CPU, torch on a CUDA GPU). Approximate search is not implemented: ``approx_threshold`` raises
-``NotImplementedError`` rather than quietly searching exactly.
+Search paths (``search_path`` names the one in use):
+
+- ``"numpy"`` (backend ``"cpu"``): one matrix product over the used slots, tombstones masked to ``-inf``, top-k;
+- ``"faiss-gpu"`` (backend ``"gpu"`` where faiss has GPU support): a FAISS ``GpuIndexFlatIP``;
+- ``"torch-cuda"`` (backend ``"gpu"`` where torch sees CUDA but faiss has no GPU support): torch matmul + top-k;
+- ``"faiss-cpu"`` (backend ``"faiss-cpu"``): the FAISS path on a CPU ``IndexFlatIP``, same code as faiss-gpu.
+
+FAISS GPU indexes can only append (no overwrite, no ``remove_ids``), so the FAISS stores never reuse a slot: every
+write appends (slot = row of the FAISS index), a host copy of the rows serves snapshots and compaction, and a
+search over-fetches past tombstones (and past rows appended after the view it reads) and filters them out;
+compaction rebuilds the FAISS index from the live rows. Every FAISS call on a store holds that store's lock (GPU
+indexes are not thread-safe).
+
+Approximate search (``approx_threshold``, off by default): once that many ids are live, searches use a FAISS
+``IndexIVFFlat`` (inner product, ``nlist ~ 4 sqrt(n)``, ``nprobe`` lists probed) whose ids are slot numbers. The
+writer trains it on the live rows, adds each upsert to it at once (no removal: tombstones are filtered the same
+way), retrains when the live count has doubled since, and rebuilds it at compaction. While it exists no slot is
+reused. Rows it cannot fill with ``k`` live hits (too few candidates in the probed lists) fall back to exact search.
 
 Consistency: writers call ``apply(upserts, deletes)``, which applies the whole batch and then publishes it as
 the next ``version`` by swapping one reference to an immutable view (live mask, storage, slot -> id). A reader
@@ -18,7 +34,10 @@ the next ``version`` by swapping one reference to an immutable view (live mask, 
 version, all of a batch or none of it. Rows of the view's live slots are never written while a reader may hold
 the view: a write goes to a slot that is dead in every view still being read (a fresh slot, or a tombstone whose
 last reader has finished: readers register the version they hold), and growth and compaction write new storage
-and leave the old one to the readers that hold it. Mutations take one writer lock; reads do not wait for writes.
+and leave the old one to the readers that hold it. Searches through FAISS drop every hit at a slot at or past the
+view's high-water mark or dead in the view, so rows appended after the view are never seen. Mutations take one
+writer lock; reads do not wait for writes, except that on a FAISS store (and the IVF index) a search waits for
+the writer's FAISS call in progress: an append, or one chunk of a rebuild.
 
 >>> rng = np.random.default_rng(0)
 >>> vecs = rng.normal(size=(3, 4)).astype(np.float32)
@@ -29,8 +48,11 @@ and leave the old one to the readers that hold it. Mutations take one writer loc
 >>> idx.apply(deletes=["b"])
 2
 >>> hits = idx.search_latest(vecs[1], k=2)
->>> hits.ids, hits.version, len(idx), idx.capacity
-([['a', 'c']], 2, 2, 4)
+>>> hits.ids, hits.version, len(idx), idx.capacity, idx.search_path
+([['a', 'c']], 2, 2, 4, 'numpy')
+>>> same = SlotVectorIndex.from_arrays(*idx.to_arrays(), backend="faiss-cpu")
+>>> same.search_latest(vecs[1], k=2).ids, same.search_path
+([['a', 'c']], 'faiss-cpu')
 """
 
 from __future__ import annotations
@@ -40,7 +62,7 @@ import logging
 import math
 import threading
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -51,8 +73,11 @@ __all__ = ["BACKENDS", "Hits", "SlotVectorIndex", "VectorArrays", "choose_backen
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "cpu", "gpu")
-GPU_INSTALL = "pip install torch  (a CUDA build; see https://pytorch.org/get-started/locally/)"
+BACKENDS = ("auto", "cpu", "gpu", "faiss-cpu")
+GPU_INSTALL = ("pip install faiss-gpu-cu12  (FAISS on CUDA 12, preferred; it replaces faiss-cpu, see README "
+               "'GPU hosts'), or pip install torch  (a CUDA build; see https://pytorch.org/get-started/locally/)")
+GPU_MAX_K = 2048  # FAISS GPU top-k selection limit (k and nprobe) in CUDA builds
+_ADD_CHUNK = 16_384  # rows per FAISS add while (re)building an index: searches can run between chunks
 
 
 class Hits(NamedTuple):
@@ -74,25 +99,28 @@ class VectorArrays(NamedTuple):
 
 
 def choose_backend(requested: str, gpu_count: int) -> str:
-    """The backend to build for ``requested`` when ``gpu_count`` CUDA GPUs are visible.
+    """The backend to build for ``requested`` when ``gpu_count`` CUDA GPUs are visible (to faiss-gpu or torch).
 
     Cases:
-    - ``"cpu"`` -> ``"cpu"``;
+    - ``"cpu"`` -> ``"cpu"`` (numpy);
+    - ``"faiss-cpu"`` -> ``"faiss-cpu"`` (exact FAISS flat index on the CPU, append-only slots);
     - ``"gpu"`` -> ``"gpu"`` when ``gpu_count > 0``, else ``RuntimeError`` naming the install command;
     - ``"auto"`` -> ``"gpu"`` when ``gpu_count > 0``, else ``"cpu"``;
     - anything else -> ``ValueError`` listing the valid values.
 
-    >>> choose_backend("auto", 0), choose_backend("auto", 2), choose_backend("cpu", 1)
-    ('cpu', 'gpu', 'cpu')
+    A ``"gpu"`` index searches with faiss-gpu where faiss has GPU support, else with torch (see ``search_path``).
+
+    >>> choose_backend("auto", 0), choose_backend("auto", 2), choose_backend("cpu", 1), choose_backend("faiss-cpu", 1)
+    ('cpu', 'gpu', 'cpu', 'faiss-cpu')
     """
     if requested not in BACKENDS:
         raise ValueError(f"unknown vector index backend {requested!r}; valid values: {', '.join(BACKENDS)}")
-    if requested == "cpu":
-        return "cpu"
+    if requested in ("cpu", "faiss-cpu"):
+        return requested
     if gpu_count > 0:
         return "gpu"
     if requested == "gpu":
-        raise RuntimeError("backend='gpu' needs a CUDA GPU visible to torch and none was found; "
+        raise RuntimeError("backend='gpu' needs a CUDA GPU visible to faiss-gpu or torch and none was found; "
                            f"on a GPU host install {GPU_INSTALL}, or pass backend='cpu'")
     return "cpu"
 
@@ -112,8 +140,25 @@ def should_compact(n_live: int, n_dead: int, *, min_dead: int = 1024, max_dead_f
     return n_dead >= min_dead and n_dead > max_dead_fraction * used
 
 
+def _faiss() -> Any:
+    import faiss
+
+    return faiss
+
+
 @lru_cache(maxsize=1)
-def _gpu_count() -> int:
+def _faiss_gpu_count() -> int:
+    """CUDA GPUs visible to faiss (0 with faiss-cpu, which has no GPU support)."""
+    if importlib.util.find_spec("faiss") is None:
+        return 0
+    faiss = _faiss()
+    if not hasattr(faiss, "StandardGpuResources"):
+        return 0
+    return int(faiss.get_num_gpus())
+
+
+@lru_cache(maxsize=1)
+def _torch_gpu_count() -> int:
     """CUDA GPUs visible to torch (0 when torch is not installed)."""
     if importlib.util.find_spec("torch") is None:
         return 0
@@ -122,19 +167,97 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def _gpu_count() -> int:
+    """CUDA GPUs visible to faiss-gpu, else to torch (0 when neither has one)."""
+    return _faiss_gpu_count() or _torch_gpu_count()
+
+
 @dataclass(frozen=True, slots=True)
 class _View:
     """One published version. Nothing here is written again while any reader can hold it (see module doc)."""
 
     version: int
-    matrix: Any  # (capacity, dim) storage: np.ndarray on CPU, torch.Tensor on GPU
+    matrix: Any  # storage: np.ndarray (numpy), torch.Tensor (torch), _FaissTable (FAISS stores)
     slot_ids: list  # slot -> id; entries of this view's live slots do not change while the view is read
     live: np.ndarray  # (used slots,) bool, read-only
     n_live: int
+    approx: _Approx | None = None  # the IVF index in approximate mode (it may hold slots past this view: filtered)
+
+
+def _numpy_topk(matrix: np.ndarray, live: np.ndarray, n_live: int, queries: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over ``matrix[:len(live)]`` with dead slots masked out."""
+    used = len(live)
+    scores = queries @ matrix[:used].T
+    if n_live < used:
+        scores[:, ~live] = -np.inf
+    if k < used:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(used), scores.shape)
+    top = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1), np.take_along_axis(part, order, axis=1)
+
+
+def _add_chunked(lock: threading.Lock, index: Any, rows: np.ndarray, ids: np.ndarray | None = None) -> None:
+    """Add ``rows`` (under ``ids``) to ``index`` in chunks, each under ``lock``, so searches are not held up for a
+    whole rebuild."""
+    for start in range(0, len(rows), _ADD_CHUNK):
+        chunk = np.ascontiguousarray(rows[start:start + _ADD_CHUNK], dtype=np.float32)
+        with lock:
+            if ids is None:
+                index.add(chunk)
+            else:
+                index.add_with_ids(chunk, np.ascontiguousarray(ids[start:start + _ADD_CHUNK], dtype=np.int64))
+
+
+def _filtered_search(index: Any, lock: threading.Lock, queries: np.ndarray, k: int, live: np.ndarray, n_live: int,
+                     max_k: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``k`` live slots of one view from a FAISS index whose ids are slots, some of them invalid for the view
+    (tombstones, or slots appended at or past ``len(live)`` after the view was published).
+
+    Over-fetches (``k`` plus the expected share of invalid hits, growing 4x per retry, never past
+    ``k + invalid entries``, which always holds ``k`` valid ones when the search is exhaustive, nor past ``max_k``)
+    and keeps the first ``k`` valid hits per row. Returns ``(scores, slots, short)``: rows with ``short[i]`` could
+    not be filled (the search ran out of candidates, or of ``max_k``) and hold garbage."""
+    used = len(live)
+    m = len(queries)
+    scores = np.empty((m, k), dtype=np.float32)
+    slots = np.empty((m, k), dtype=np.int64)
+    short = np.zeros(m, dtype=bool)
+    todo = np.arange(m)
+    fetch = 0
+    while todo.size:
+        with lock:
+            ntotal = int(index.ntotal)
+            invalid = max(ntotal - n_live, 0)
+            need = min(ntotal, k + invalid)
+            if not fetch:
+                fetch = k + 8 + math.ceil(2 * k * invalid / max(n_live, 1))
+            kk = max(1, min(fetch, need, max_k or need))
+            dist, lab = index.search(queries[todo], kk)
+        valid = (lab >= 0) & (lab < used)
+        valid[valid] = live[lab[valid]]
+        full = valid.sum(axis=1) >= k
+        if full.any():
+            pos = np.argsort(~valid[full], axis=1, kind="stable")[:, :k]  # first k valid, best first
+            scores[todo[full]] = np.take_along_axis(dist[full], pos, axis=1)
+            slots[todo[full]] = np.take_along_axis(lab[full], pos, axis=1)
+        rest = ~full
+        stuck = rest & ((lab[:, -1] < 0) | (kk >= need) | (max_k is not None and kk >= max_k))
+        short[todo[stuck]] = True
+        todo = todo[rest & ~stuck]
+        fetch = 4 * kk
+    return scores, slots, short
 
 
 class _CpuStore:
     """Slot storage in host memory; exact top-k with numpy (BLAS)."""
+
+    reuses_slots = True
+    search_path = "numpy"
+    ivf_suffix = "+ivf"
 
     def __init__(self, dim: int, capacity: int) -> None:
         self.matrix = np.zeros((capacity, dim), dtype=np.float32)
@@ -156,21 +279,15 @@ class _CpuStore:
         return matrix[slots]
 
     def topk(self, view: _View, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        used = len(view.live)
-        scores = queries @ view.matrix[:used].T
-        if view.n_live < used:
-            scores[:, ~view.live] = -np.inf
-        if k < used:
-            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        else:
-            part = np.broadcast_to(np.arange(used), scores.shape)
-        top = np.take_along_axis(scores, part, axis=1)
-        order = np.argsort(-top, axis=1, kind="stable")
-        return np.take_along_axis(top, order, axis=1), np.take_along_axis(part, order, axis=1)
+        return _numpy_topk(view.matrix, view.live, view.n_live, queries, k)
 
 
 class _TorchGpuStore:
     """Slot storage in GPU memory; exact top-k with torch. Calls are serialised by one lock."""
+
+    reuses_slots = True
+    search_path = "torch-cuda"
+    ivf_suffix = "+ivf-cpu"  # approximate mode runs a CPU FAISS IVF beside it
 
     def __init__(self, dim: int, capacity: int) -> None:
         import torch
@@ -212,6 +329,127 @@ class _TorchGpuStore:
             return values.cpu().numpy(), slots.cpu().numpy()
 
 
+@dataclass(frozen=True, slots=True)
+class _FaissTable:
+    """A FAISS store's storage as a view holds it: host rows (slot order) and the FAISS index whose row i is slot i.
+
+    ``index`` may hold rows past a view's high-water mark (appended later): searches filter them out."""
+
+    rows: np.ndarray  # (capacity, dim) float32; rows of slots a view can see are never written again
+    index: Any
+
+
+class _FaissStore:
+    """Slot storage as an append-only FAISS flat inner-product index plus a host copy of the rows.
+
+    FAISS GPU indexes cannot overwrite or remove a row, so this store never reuses a slot (``reuses_slots``):
+    ``write`` appends, tombstones are skipped by over-fetching (see ``_filtered_search``), and ``replace``
+    (compaction) builds a new index. ``make_index(dim)`` builds the empty index: ``faiss.IndexFlatIP`` by default,
+    ``faiss.GpuIndexFlatIP`` for faiss-gpu (see ``_faiss_gpu_store``); ``ivf_to_device`` moves a CPU IVF index to
+    the same device for approximate mode. All FAISS calls hold ``lock`` (GPU indexes are not thread-safe).
+    ``max_k``: the most hits one FAISS search may return (FAISS GPU: 2048); rows it cannot fill are searched
+    exactly on the host rows."""
+
+    reuses_slots = False
+    ivf_suffix = "+ivf"
+
+    def __init__(self, dim: int, capacity: int, make_index: Callable[[int], Any] | None = None, *,
+                 search_path: str = "faiss-cpu", max_k: int | None = None,
+                 ivf_to_device: Callable[[Any], Any] | None = None, kmeans_gpu: bool = False) -> None:
+        faiss = _faiss()
+        self.dim = dim
+        self.make_index = make_index or faiss.IndexFlatIP
+        self.search_path = search_path
+        self.max_k = max_k
+        self.ivf_to_device = ivf_to_device
+        self.kmeans_gpu = kmeans_gpu
+        self.lock = threading.Lock()
+        with self.lock:
+            index = self.make_index(dim)
+        self.matrix = _FaissTable(np.zeros((capacity, dim), dtype=np.float32), index)
+
+    def grow(self, capacity: int, used: int) -> None:
+        old = self.matrix
+        rows = np.zeros((capacity, self.dim), dtype=np.float32)
+        rows[:used] = old.rows[:used]
+        self.matrix = _FaissTable(rows, old.index)  # the index only ever appends: both tables share it
+
+    def replace(self, rows: np.ndarray, capacity: int) -> None:
+        host = np.zeros((capacity, self.dim), dtype=np.float32)
+        host[: len(rows)] = rows
+        with self.lock:
+            index = self.make_index(self.dim)
+        _add_chunked(self.lock, index, rows)
+        self.matrix = _FaissTable(host, index)  # readers of older views keep the old index
+
+    def write(self, slots: np.ndarray, rows: np.ndarray) -> None:
+        table = self.matrix
+        with self.lock:
+            start = int(table.index.ntotal)
+            if not np.array_equal(slots, np.arange(start, start + len(slots))):
+                raise RuntimeError(f"FAISS store is append-only: slots {slots[:5].tolist()}... "
+                                   f"do not continue its {start} rows")
+            table.rows[slots] = rows
+            table.index.add(np.ascontiguousarray(rows, dtype=np.float32))
+
+    def gather(self, matrix: _FaissTable, slots: np.ndarray) -> np.ndarray:
+        return matrix.rows[slots]
+
+    def topk(self, view: _View, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        table = view.matrix
+        scores, slots, short = _filtered_search(table.index, self.lock, queries, k, view.live, view.n_live,
+                                                self.max_k)
+        if short.any():  # only past max_k (GPU): exact on the host rows
+            scores[short], slots[short] = _numpy_topk(table.rows, view.live, view.n_live, queries[short], k)
+        return scores, slots
+
+
+def _faiss_gpu_store(dim: int, capacity: int) -> _FaissStore:
+    """A ``_FaissStore`` on GPU 0 through faiss-gpu: ``GpuIndexFlatIP`` and, in approximate mode,
+    ``GpuIndexIVFFlat`` (k-means on the GPU), sharing one ``StandardGpuResources``."""
+    faiss = _faiss()
+    res = faiss.StandardGpuResources()
+    return _FaissStore(dim, capacity, lambda d: faiss.GpuIndexFlatIP(res, d), search_path="faiss-gpu",
+                       max_k=GPU_MAX_K, ivf_to_device=lambda cpu: faiss.index_cpu_to_gpu(res, 0, cpu),
+                       kmeans_gpu=True)
+
+
+class _Approx:
+    """The IVF index of approximate mode: ids are slots, entries are only ever added (tombstones and slots past a
+    view are filtered by ``_filtered_search``). ``built_live``: live ids it was trained for; ``centroids``: its
+    coarse centroids (reused when compaction renumbers the slots)."""
+
+    def __init__(self, index: Any, lock: threading.Lock, centroids: np.ndarray, built_live: int,
+                 max_k: int | None) -> None:
+        self.index, self.lock, self.centroids = index, lock, centroids
+        self.built_live, self.max_k = built_live, max_k
+
+    @property
+    def nlist(self) -> int:
+        return len(self.centroids)
+
+    def add(self, rows: np.ndarray, slots: np.ndarray) -> None:
+        with self.lock:
+            self.index.add_with_ids(np.ascontiguousarray(rows, dtype=np.float32), slots.astype(np.int64))
+
+    def topk(self, view: _View, queries: np.ndarray, k: int,
+             exact: Callable[[_View, np.ndarray, int], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        scores, slots, short = _filtered_search(self.index, self.lock, queries, k, view.live, view.n_live,
+                                                self.max_k)
+        if short.any():  # the probed lists held fewer than k live hits
+            scores[short], slots[short] = exact(view, queries[short], k)
+        return scores, slots
+
+
+def _ivf_nlist(n: int) -> int:
+    """Inverted lists for ``n`` vectors: ``4 sqrt(n)``, at most ``n / 39`` (k-means wants >= 39 points per list).
+
+    >>> _ivf_nlist(20_000), _ivf_nlist(1_000_000), _ivf_nlist(10)
+    (512, 4000, 1)
+    """
+    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+
+
 def _check_id(item_id: Any) -> str:
     if not isinstance(item_id, str) or not item_id:
         raise ValueError(f"ids must be non-empty strings, got {item_id!r}")
@@ -219,18 +457,20 @@ def _check_id(item_id: Any) -> str:
 
 
 class SlotVectorIndex:
-    """Exact inner-product index over unit vectors with O(d) upserts and O(1) deletes by string id.
+    """Inner-product index over unit vectors with O(d) upserts and O(1) deletes by string id.
 
     ``dim``: vector dimension. ``capacity``: initial slots (doubles as needed; also the floor after compaction).
-    ``backend``: ``"cpu"``, ``"gpu"`` or ``"auto"`` (GPU when torch sees one; see ``choose_backend``).
+    ``backend``: ``"cpu"`` (numpy), ``"gpu"`` (faiss-gpu, else torch), ``"faiss-cpu"`` (FAISS flat index on the
+    CPU) or ``"auto"`` (GPU when one is visible; see ``choose_backend``); ``search_path`` names what searches.
     ``max_dead_fraction`` / ``min_dead_to_compact``: automatic compaction (see ``should_compact``).
-    ``approx_threshold``: approximate search for large indexes, not implemented (must be ``None``).
+    ``approx_threshold``: ``None`` (default) searches exactly; an int switches to an approximate FAISS IVF index
+    once that many ids are live (see the module doc). ``nprobe``: inverted lists probed per query there.
 
     Vectors are expected L2-normalised (scores are then cosines); they are stored as given, as float32.
     """
 
     def __init__(self, dim: int, *, capacity: int = 1024, backend: str = "auto", max_dead_fraction: float = 0.25,
-                 min_dead_to_compact: int = 1024, approx_threshold: int | None = None) -> None:
+                 min_dead_to_compact: int = 1024, approx_threshold: int | None = None, nprobe: int = 16) -> None:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
@@ -239,23 +479,37 @@ class SlotVectorIndex:
             raise ValueError(f"max_dead_fraction must be in (0, 1), got {max_dead_fraction!r}")
         if min_dead_to_compact < 1:
             raise ValueError(f"min_dead_to_compact must be >= 1, got {min_dead_to_compact!r}")
-        if approx_threshold is not None:
-            raise NotImplementedError("approximate search (approx_threshold) is not implemented: SlotVectorIndex "
-                                      "searches exactly; pass approx_threshold=None")
+        if approx_threshold is not None and (isinstance(approx_threshold, bool) or not isinstance(approx_threshold, int)
+                                             or approx_threshold < 1):
+            raise ValueError(f"approx_threshold must be None or an int >= 1, got {approx_threshold!r}")
+        if isinstance(nprobe, bool) or not isinstance(nprobe, int) or nprobe < 1:
+            raise ValueError(f"nprobe must be an int >= 1, got {nprobe!r}")
         self.dim = dim
         self.initial_capacity = capacity
-        self.backend = choose_backend(backend, 0 if backend == "cpu" else _gpu_count())
+        self.backend = choose_backend(backend, 0 if backend in ("cpu", "faiss-cpu") else _gpu_count())
         self.max_dead_fraction = max_dead_fraction
         self.min_dead_to_compact = min_dead_to_compact
         self.approx_threshold = approx_threshold
+        self.nprobe = nprobe
         self._reset()
+
+    def _new_store(self, capacity: int) -> Any:
+        if self.backend == "faiss-cpu":
+            return _FaissStore(self.dim, capacity)
+        if self.backend == "gpu":
+            if _faiss_gpu_count() > 0:
+                return _faiss_gpu_store(self.dim, capacity)
+            log.info("faiss has no GPU support here: the GPU vector index searches with torch (install "
+                     "faiss-gpu-cu12 for FAISS on the GPU)")
+            return _TorchGpuStore(self.dim, capacity)
+        return _CpuStore(self.dim, capacity)
 
     def _reset(self) -> None:
         capacity = self.initial_capacity
         self._write_lock = threading.Lock()  # one writer at a time
         self._readers_lock = threading.Lock()  # guards taking the view + _active together
         self._active: dict[int, int] = {}  # version -> readers holding it now
-        self._store = _TorchGpuStore(self.dim, capacity) if self.backend == "gpu" else _CpuStore(self.dim, capacity)
+        self._store = self._new_store(capacity)
         self._capacity = capacity
         self._used = 0  # high-water mark: slots [0, _used) have been handed out
         self._live = np.zeros(capacity, dtype=bool)  # the writer's working mask
@@ -264,6 +518,7 @@ class SlotVectorIndex:
         self._slot_ids: list[str] = []
         self._free: list[int] = []  # dead in every view still readable: safe to write
         self._pending: deque[tuple[int, int]] = deque()  # (version that freed it, slot), oldest first
+        self._approx: _Approx | None = None  # approximate mode's IVF index, once built
         self._view = self._make_view(0)
 
     # -- reads ---------------------------------------------------------------------------------------------
@@ -277,9 +532,20 @@ class SlotVectorIndex:
         """Slots allocated now."""
         return self._capacity
 
+    @property
+    def search_path(self) -> str:
+        """What searches the latest version: ``"numpy"``, ``"torch-cuda"``, ``"faiss-gpu"`` or ``"faiss-cpu"``,
+        with ``"+ivf"`` appended while approximate search is in use (``"+ivf-cpu"`` beside torch)."""
+        view = self._view
+        path = self._store.search_path
+        return path + self._store.ivf_suffix if self._approximate(view) else path
+
     def __len__(self) -> int:
         """Live ids in the latest published version."""
         return self._view.n_live
+
+    def _approximate(self, view: _View) -> bool:
+        return view.approx is not None and self.approx_threshold is not None and view.n_live >= self.approx_threshold
 
     def _acquire(self) -> _View:
         with self._readers_lock:
@@ -300,7 +566,8 @@ class SlotVectorIndex:
         starts. The whole query batch reads that one version (returned as ``Hits.version``): all of each
         ``apply`` batch or none of it; writes published during the search are not seen.
 
-        ``queries``: one vector ``(dim,)`` or a batch ``(m, dim)``. Rows have ``min(k, len(self))`` hits."""
+        ``queries``: one vector ``(dim,)`` or a batch ``(m, dim)``. Rows have ``min(k, len(self))`` hits (exact
+        unless approximate mode is on, see ``search_path``)."""
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
         q = np.asarray(queries, dtype=np.float32)
@@ -314,7 +581,10 @@ class SlotVectorIndex:
             k = min(int(k), view.n_live)
             if k == 0:
                 return Hits([[] for _ in range(len(q))], np.empty((len(q), 0), dtype=np.float32), view.version)
-            scores, slots = self._store.topk(view, q, k)
+            if self._approximate(view):
+                scores, slots = view.approx.topk(view, q, k, self._store.topk)
+            else:
+                scores, slots = self._store.topk(view, q, k)
             slot_ids = view.slot_ids
             ids = [[slot_ids[s] for s in row] for row in slots.tolist()]
         finally:
@@ -338,7 +608,9 @@ class SlotVectorIndex:
 
         Deleting an unknown id is a no-op; an id may not be both upserted and deleted in one batch. A batch that
         changes nothing publishes nothing and returns the current version. Cost: O(d) per upsert, O(1) per
-        delete, plus one O(capacity) mask copy per batch (bytes, not vectors)."""
+        delete, plus one O(capacity) mask copy per batch (bytes, not vectors); in approximate mode an upsert also
+        costs one IVF add, and the writer (re)trains the IVF index when the live count reaches the threshold and
+        each time it doubles."""
         upserts = dict(upserts or {})
         deletes = [_check_id(i) for i in deletes]
         ids = [_check_id(i) for i in upserts]
@@ -377,18 +649,26 @@ class SlotVectorIndex:
                     self._slot_ids[slot] = item_id  # a reclaimed slot: dead in every view still being read
             if len(ids):
                 self._store.write(slots, rows)
+                if self._approx is not None:
+                    self._approx.add(rows, slots)
             self._live[freed] = False
             self._live[slots] = True
             self._n_live = len(self._slot_of)
-            self._pending.extend((version, s) for s in freed)
+            if self._reuses_slots():
+                self._pending.extend((version, s) for s in freed)
+            compact = should_compact(self._n_live, self._used - self._n_live, min_dead=self.min_dead_to_compact,
+                                     max_dead_fraction=self.max_dead_fraction)
+            if not compact:
+                self._maybe_build_approx()
             self._view = self._make_view(version)
-            if should_compact(self._n_live, self._used - self._n_live, min_dead=self.min_dead_to_compact,
-                              max_dead_fraction=self.max_dead_fraction):
+            if compact:
                 self._compact_locked()
             return version
 
     def compact(self) -> None:
-        """Repack live rows densely into new storage (same version, same results); readers are not blocked."""
+        """Repack live rows densely into new storage (same version, same results); readers are not blocked.
+        In approximate mode the IVF index is rebuilt for the new slots (same centroids unless the live count
+        doubled since they were trained; dropped below the threshold)."""
         with self._write_lock:
             self._compact_locked()
 
@@ -416,7 +696,12 @@ class SlotVectorIndex:
     def _make_view(self, version: int) -> _View:
         live = self._live[: self._used].copy()
         live.flags.writeable = False
-        return _View(version, self._store.matrix, self._slot_ids, live, self._n_live)
+        return _View(version, self._store.matrix, self._slot_ids, live, self._n_live, self._approx)
+
+    def _reuses_slots(self) -> bool:
+        """Whether tombstones may be rewritten: not on append-only (FAISS) stores, nor while an IVF index holds
+        slot ids (it cannot drop the old entry of a slot)."""
+        return self._store.reuses_slots and self._approx is None
 
     def _reclaim(self) -> None:
         """Move tombstoned slots that no reader can still see to the free list."""
@@ -437,18 +722,65 @@ class SlotVectorIndex:
         self._used += 1
         return self._used - 1
 
+    def _maybe_build_approx(self) -> None:
+        """Train the IVF index once the live count reaches the threshold, and again each time it doubles."""
+        if self.approx_threshold is None or self._n_live < self.approx_threshold:
+            return
+        if self._approx is not None and self._n_live < 2 * self._approx.built_live:
+            return
+        slots = np.flatnonzero(self._live[: self._used])
+        self._approx = self._build_approx(slots, np.asarray(self._store.gather(self._store.matrix, slots)))
+        self._free, self._pending = [], deque()  # tombstones stay dead until compaction (see _reuses_slots)
+
+    def _build_approx(self, slots: np.ndarray, rows: np.ndarray, centroids: np.ndarray | None = None) -> _Approx:
+        """An IVF index over ``rows`` under ids ``slots``, trained by spherical k-means unless ``centroids`` given."""
+        faiss = _faiss()
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        n = len(rows)
+        gpu = bool(getattr(self._store, "ivf_to_device", None))
+        if centroids is None and _ivf_nlist(n) == 1:  # too few vectors to cluster: one list, exhaustive
+            mean = rows.sum(axis=0) if n else np.zeros(self.dim, dtype=np.float32)
+            norm = float(np.linalg.norm(mean))
+            centroids = (mean / norm if norm > 0 else np.eye(1, self.dim, dtype=np.float32)[0])[None, :]
+        if centroids is None:
+            nlist = _ivf_nlist(n)
+            kmeans = faiss.Kmeans(self.dim, nlist, niter=10, spherical=True, max_points_per_centroid=64, seed=1234,
+                                  gpu=bool(getattr(self._store, "kmeans_gpu", False)))
+            kmeans.train(rows)
+            centroids = np.array(kmeans.centroids, dtype=np.float32)
+        nlist = len(centroids)
+        quantizer = faiss.IndexFlatIP(self.dim)
+        quantizer.add(centroids)
+        index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        lock = getattr(self._store, "lock", None) or threading.Lock()
+        with lock:
+            if gpu:
+                index = self._store.ivf_to_device(index)
+            index.nprobe = min(self.nprobe, nlist, GPU_MAX_K if gpu else nlist)
+        _add_chunked(lock, index, rows, slots)
+        log.debug("built IVF index: %d vectors, %d lists, nprobe %d", n, nlist, index.nprobe)
+        return _Approx(index, lock, centroids, n, self._store.max_k if gpu else None)
+
     def _compact_locked(self) -> None:
         slots = np.flatnonzero(self._live[: self._used])
         ids = [self._slot_ids[s] for s in slots.tolist()]
-        rows = self._store.gather(self._store.matrix, slots)
+        rows = np.asarray(self._store.gather(self._store.matrix, slots), dtype=np.float32)
         n = len(ids)
         capacity = max(self.initial_capacity, n + n // 4)
-        self._store.replace(np.asarray(rows, dtype=np.float32), capacity)  # new storage: old views keep the old
+        self._store.replace(rows, capacity)  # new storage: old views keep the old
         self._capacity, self._used = capacity, n
         self._live = np.zeros(capacity, dtype=bool)
         self._live[:n] = True
         self._slot_ids = ids  # a new list: old views keep the old one
         self._slot_of = {item_id: i for i, item_id in enumerate(ids)}
         self._free, self._pending = [], deque()
+        if self.approx_threshold is None or n < self.approx_threshold:
+            self._approx = None
+        else:  # slots were renumbered: a new IVF index (old views keep the old one)
+            old = self._approx
+            reuse = old is not None and n < 2 * old.built_live
+            self._approx = self._build_approx(np.arange(n), rows, old.centroids if reuse else None)
+            if reuse:
+                self._approx.built_live = old.built_live
         self._view = self._make_view(self._view.version)
         log.debug("compacted vector index to %d live slots (capacity %d)", n, capacity)

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("streams.generator", "write a drifting synthetic workload to JSONL files or Kafka"),
     "run": ("streams.job", "run the stream job (Kafka, files, or --embedded with no Kafka)"),
     "clusters": ("streams.clusters_cli", "build, show or list interest-cluster codebooks"),
+    "serve": ("streams.serve", "query service: follow the index changelog topic and serve the context API"),
 }
 
 
