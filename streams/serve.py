@@ -75,6 +75,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
           file=sys.stderr, flush=True)
     try:
         serve(create_app(live, readiness=follower.readiness), host=ix.host, port=ix.port, access_log=False)
+    except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the signal: a normal stop
+        pass
     finally:
         follower.stop(snapshot=True)
         print(f"[driftrag] stopped at index version {live.version}; snapshot in {ix.snapshot_dir}",

@@ -14,10 +14,14 @@ from dataclasses import dataclass
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
+from prometheus_client import Counter
 
 from operators.successors import PairSuccessors, Successor
 from operators.transitions import TransitionTracker
 from streams.content_stage import ClusteredEngagement
+
+LATE_ENGAGEMENTS = Counter("driftrag_transitions_late_total",
+                           "Positive engagements left out of the transition rule: older than the user's last one")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +45,20 @@ class PairState:
 
 
 def track_user_clusters(state: tuple | None, ce: ClusteredEngagement) -> tuple[tuple, list[Triple]]:
-    """One user's (h1, h2); the state is the tracker's immutable snapshot, so Bytewax recovery can store it."""
-    tracker = TransitionTracker(*(state or (None, None)))
-    t = tracker.update(ce.cluster)
+    """One user's (h1, h2) and the event time of the last engagement applied, as a plain tuple for recovery.
+
+    An engagement older than the last one applied is not fed to the rule: it waited for its item's content
+    while the user's later engagements went ahead, and applying it now would invent a transition the user never
+    made. It is counted in ``driftrag_transitions_late_total``."""
+    h1, h2, last_ts = (state + (None,))[:3] if state and len(state) == 2 else (state or (None, None, None))
     e = ce.engagement
+    if last_ts is not None and e.ts_ms < last_ts:
+        LATE_ENGAGEMENTS.inc()
+        return (h1, h2, last_ts), []
+    tracker = TransitionTracker(h1, h2)
+    t = tracker.update(ce.cluster)
     out = [] if t is None else [Triple(t[0], t[1], t[2], e.ts_ms, e.user_id, e.ingest_ms)]
-    return tracker.state, out
+    return (*tracker.state, e.ts_ms), out
 
 
 def _count_successors(half_life_ms: int, trend_window_ms: int):  # noqa: ANN202

@@ -41,12 +41,22 @@ def test_hand_worked_sequences():
     assert [s.successors[0].cluster for s in states] == [3, 4]
 
 
-def test_user_step_state_is_the_tracker_snapshot():
+def test_user_step_state_is_the_tracker_snapshot_and_last_ts():
     state, out = track_user_clusters(None, ce("u", 4, 1))
     state, out = track_user_clusters(state, ce("u", 6, 2))
-    assert state == (4, 6) and out == []
+    assert state == (4, 6, 2) and out == []
     state, out = track_user_clusters(state, ce("u", 7, 3))
-    assert state == (6, 7) and [(t.c1, t.c2, t.c_next) for t in out] == [(4, 6, 7)]
+    assert state == (6, 7, 3) and [(t.c1, t.c2, t.c_next) for t in out] == [(4, 6, 7)]
+    assert track_user_clusters((6, 7), ce("u", 8, 4))[0] == (7, 8, 4)  # a snapshot from before last_ts
+
+
+def test_an_engagement_released_late_by_the_content_join_invents_no_transition():
+    state, _ = track_user_clusters(None, ce("u", 1, 10))
+    state, _ = track_user_clusters(state, ce("u", 2, 20))
+    state, out = track_user_clusters(state, ce("u", 3, 15))  # waited for its content; the user moved on
+    assert out == [] and state == (1, 2, 20)
+    state, out = track_user_clusters(state, ce("u", 3, 30))
+    assert [(t.c1, t.c2, t.c_next) for t in out] == [(1, 2, 3)]
 
 
 def test_busiest_pairs_find_the_generators_true_top_successor():
