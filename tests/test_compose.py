@@ -14,7 +14,7 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
 def test_services_present():
-    assert {"kafka", "topics", "job"} <= set(COMPOSE["services"])
+    assert {"kafka", "topics", "job", "query"} <= set(COMPOSE["services"])
 
 
 def test_broker_matches_local_broker_version_and_port():
@@ -33,7 +33,7 @@ def test_driftrag_services_reach_the_internal_listener_and_parse():
     kafka_env = COMPOSE["services"]["kafka"]["environment"]
     internal = next(a for a in kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(",") if a.startswith("INTERNAL://"))
     parser = build_parser()
-    for name in ("topics", "job"):
+    for name in ("topics", "job", "query"):
         svc = COMPOSE["services"][name]
         env = svc["environment"]
         settings = Settings.model_validate({})  # the env names must be real settings fields:
@@ -62,3 +62,19 @@ def test_codebooks_live_on_the_job_volume(monkeypatch):
     assert any(codebooks.startswith(v.split(":")[1]) for v in job["volumes"])
     monkeypatch.setenv("DRIFTRAG_CLUSTERS__CODEBOOK_DIR", codebooks)
     assert str(Settings().clusters.codebook_dir) == codebooks
+
+
+def test_query_service_port_snapshots_and_health():
+    q = COMPOSE["services"]["query"]
+    args = build_parser().parse_args(q["command"])
+    assert args.command == "serve" and args.host == "0.0.0.0"
+    assert f"{args.port}:{args.port}" in q["ports"]
+    assert args.port == Settings().index.port  # the documented default
+    assert any(str(args.snapshot_dir).startswith(v.split(":")[1]) for v in q["volumes"])
+    assert f"127.0.0.1:{args.port}/readyz" in " ".join(q["healthcheck"]["test"])
+    assert q["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+
+
+def test_changelog_topic_is_compacted():
+    spec = Settings().kafka.topics["index_mutations"]
+    assert spec.cleanup_policy == "compact" and spec.retention_ms == -1
