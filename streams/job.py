@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 from prometheus_client import REGISTRY
@@ -475,6 +476,10 @@ class Job:
                 recovery_config=recovery,
             )
         except KeyboardInterrupt:
+            print("[driftrag] interrupted", file=sys.stderr)
+        except BytewaxRuntimeError as e:
+            if "signal received" not in str(e):  # Bytewax reports Ctrl-C during a run this way
+                raise
             print("[driftrag] interrupted", file=sys.stderr)
         finally:
             stop.set()

@@ -1,0 +1,520 @@
+"""Pipeline benchmark: the whole path Kafka -> Bytewax dataflow (1 worker) -> live index -> query, in one run.
+Prints one JSON object on stdout; progress goes to stderr as ``[bench] ...`` lines.
+
+    python bench/pipeline.py                                   # everything, ~3-5 min on 2 CPU cores
+    python bench/pipeline.py --skip kafka,freshness            # only the file path and the index
+    python bench/pipeline.py --events 300000 --repeats 5 --freshness-seconds 60 --rate 2000 --index-items 200000
+
+What is measured, and the peer each figure stands beside (all in the same run, on the same machine):
+
+- ``file_events_per_s``: end-to-end messages/s of ``driftrag run --events F --items F --no-api`` in process
+  (validate -> embed content -> clusters -> transitions -> index mutations -> in-process ``LiveIndex``), median of
+  ``--repeats``. Warm embeddings: the codebook is built and saved before timing and the embedding model is loaded
+  (its ONNX export cached) before each timed run; the content texts still go through the embedder in the run.
+  Peer: ``file_validate_only_events_per_s`` (the same files with ``--no-clusters``: what the stages cost).
+- ``kafka_events_per_s``: the same job (also in process, model warm) reading the workload from a local broker
+  with ``--no-tail``; in Kafka mode its mutations go to the ``index-mutations`` changelog topic, as deployed.
+  Peer: ``raw_consume_per_s``, a bare confluent-kafka consumer reading the same partitions, interleaved with the
+  job runs (``kafka_vs_raw_ratio``).
+- ``freshness_p50_ms`` / ``freshness_p99_ms``: produce-to-visible at a fixed ``--rate`` (default 2,000 events/s):
+  ``driftrag run`` (Kafka, tailing) and ``driftrag serve`` run as subprocesses; for every mutation the query
+  service applies, wall time at apply minus the Kafka record timestamp (produce time) of the event behind it.
+  Read from the service's Prometheus histogram ``driftrag_index_freshness_seconds`` (state before producing
+  subtracted from the state after), quantiles by linear interpolation within buckets (``freshness_method``).
+  A warm-up workload (other seed, earlier event time) goes through first so the model load is not counted.
+  Peer: the aim of p99 <= 1 s.
+- ``upserts_per_s`` / ``query_p50_ms`` / ``query_p99_ms``: ``bench/index_upsert.py`` at ``--index-items``
+  (SlotVectorIndex with the service's default backend ``auto``). Peer: FAISS ``IndexIDMap2(IndexFlatIP)`` updated
+  by ``remove_ids`` + ``add_with_ids`` on the same batches (``upsert_speedup_vs_idmap2``, recall@10 of both).
+  ``search_path`` says what searched (``numpy``, ``faiss-cpu``, ``faiss-gpu``, ``torch-cuda``): CPU or GPU path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from streams.generator import DAY_MS, GeneratorConfig, produce_to_kafka, write_files  # noqa: E402
+from streams.job import Job, add_arguments  # noqa: E402
+from streams.settings import BrokerSettings, KafkaSettings, Settings  # noqa: E402
+from streams.topics import ensure_topics  # noqa: E402
+
+PARTS = ("file", "kafka", "freshness", "index")
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def med(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def rnd(x: float | None, n: int = 0) -> float | int | None:
+    if x is None:
+        return None
+    return round(x) if n == 0 else round(x, n)
+
+
+# ------------------------------------------------------------------------------------------------ setup
+
+
+def build_codebook_dir(items_file: Path, out: Path) -> str:
+    """Embed every valid content text of the workload and save a codebook: the job then loads, not bootstraps."""
+    from index.codebooks import CodebookStore
+    from operators.clusters import build_codebook
+    from operators.embedding import make_embedder, model_id
+    from streams.clusters_cli import read_items
+    from streams.contract import Validator
+
+    texts = list(read_items(items_file, Validator())[0].values())
+    emb = make_embedder("auto")
+    cb = build_codebook(emb.encode(texts), texts, Settings().clusters.k, model=model_id("default"))
+    CodebookStore(out).save(cb)
+    log(f"codebook {cb.version}: {cb.k} clusters from {len(texts):,} items ({emb.name})")
+    return emb.name
+
+
+def make_job(argv: list[str]) -> Job:
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return Job(p.parse_args([*argv, "--progress-every", "3600"]), Settings())
+
+
+def _embed_seconds() -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("driftrag_embed_batch_seconds_sum") or 0.0
+
+
+def timed_run(job: Job) -> tuple[dict[str, Any], float]:
+    """Load the embedding model first (warm), then time ``job.run()`` alone. The summary gets ``embed_seconds``:
+    time spent embedding and assigning content in the run (this process's ``driftrag_embed_batch_seconds``)."""
+    if job.clustering is not None:
+        job.clustering.embedder_factory().encode(["warm up"])
+    e0 = _embed_seconds()
+    t0 = time.perf_counter()
+    summary = job.run()
+    dt = time.perf_counter() - t0
+    return {**summary, "embed_seconds": _embed_seconds() - e0}, dt
+
+
+# ------------------------------------------------------------------------------------------------ file path
+
+
+def bench_file(data: Path, codebooks: Path, repeats: int) -> dict[str, Any]:
+    files = ["--events", str(data / "engagements.jsonl"), "--items", str(data / "items.jsonl"), "--no-api"]
+    rates, fresh50, fresh99, embed, messages = [], [], [], [], 0
+    for i in range(repeats):
+        summary, dt = timed_run(make_job([*files, "--codebook-dir", str(codebooks)]))
+        messages = summary["messages"]
+        rates.append(messages / dt)
+        embed.append(round(summary["embed_seconds"] / dt, 3))
+        ix = summary.get("index", {})
+        fresh50.append(ix.get("freshness_p50_ms"))
+        fresh99.append(ix.get("freshness_p99_ms"))
+        log(f"file run {i + 1}: {messages:,} messages in {dt:.2f}s = {messages / dt:,.0f}/s "
+            f"(embedding {summary['embed_seconds']:.2f}s; index items {ix.get('items')}, pairs {ix.get('pairs')})")
+    summary, dt = timed_run(make_job([*files, "--no-clusters"]))
+    log(f"file validate-only: {summary['messages'] / dt:,.0f}/s")
+    return {
+        "file_events_per_s": rnd(med(rates)),
+        "messages": messages,
+        "runs": [rnd(x) for x in rates],
+        "embed_share_of_run": embed,  # share of each run's wall time spent embedding + assigning content
+        "file_validate_only_events_per_s": rnd(summary["messages"] / dt),
+        # Source read -> applied, in process, while running flat out: queueing inside a saturated run, not the
+        # produce-to-visible latency (that is freshness_*_ms below).
+        "in_run_index_lag_p50_ms": fresh50,
+        "in_run_index_lag_p99_ms": fresh99,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ Kafka path
+
+
+def raw_consume(kafka: KafkaSettings, topics: list[str], expected: int) -> float:
+    """The limit: a bare confluent-kafka consumer reading the same partitions, touching each value (as
+    bench/ingest.py). Returns seconds."""
+    from confluent_kafka.admin import AdminClient
+
+    md = AdminClient(kafka.client()).list_topics(timeout=30)
+    tps = [TopicPartition(t, p, 0) for t in topics for p in sorted(md.topics[t].partitions)]
+    c = Consumer(kafka.client(**{"group.id": "bench-raw", "enable.auto.commit": False,
+                                 "enable.partition.eof": True, "fetch.wait.max.ms": 50}))
+    c.assign(tps)
+    n, eof, nbytes = 0, 0, 0
+    t0 = time.perf_counter()
+    while eof < len(tps):
+        for m in c.consume(1000, 0.05):
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    eof += 1
+                    continue
+                raise RuntimeError(str(err))
+            v = m.value()
+            nbytes += len(v) if v else 0
+            n += 1
+    dt = time.perf_counter() - t0
+    c.close()
+    if n != expected:
+        raise RuntimeError(f"raw consumer read {n} messages, expected {expected}")
+    return dt
+
+
+def bench_kafka(gen: GeneratorConfig, bootstrap: str, codebooks: Path, repeats: int) -> dict[str, Any]:
+    kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"benchp{uuid.uuid4().hex[:6]}.")
+    ensure_topics(kafka)
+    topics = [kafka.topic("engagements"), kafka.topic("items")]
+    log(f"producing the workload to {topics}")
+    produced = produce_to_kafka(gen, kafka.client(), {"engagements": topics[0], "items": topics[1]})
+    total = produced["produced"]
+    log(f"produced {total:,} messages in {produced['seconds']:.1f}s")
+    argv = ["--bootstrap-servers", bootstrap, "--topic-prefix", kafka.topic_prefix, "--no-tail",
+            "--codebook-dir", str(codebooks)]
+    job_rates, raw_rates, embed = [], [], []
+    for i in range(repeats):  # interleaved, so both see the same machine load
+        raw_rates.append(total / raw_consume(kafka, topics, total))
+        summary, dt = timed_run(make_job(argv))
+        if summary["messages"] != total:
+            raise RuntimeError(f"the job read {summary['messages']:,} messages from Kafka, expected {total:,}")
+        job_rates.append(total / dt)
+        embed.append(round(summary["embed_seconds"] / dt, 3))
+        log(f"kafka run {i + 1}: job {job_rates[-1]:,.0f}/s, raw consume {raw_rates[-1]:,.0f}/s")
+    return {
+        "kafka_events_per_s": rnd(med(job_rates)),
+        "raw_consume_per_s": rnd(med(raw_rates)),
+        "kafka_vs_raw_ratio": round(med(job_rates) / med(raw_rates), 4),
+        "messages": total,
+        "runs": {"kafka": [rnd(x) for x in job_rates], "raw": [rnd(x) for x in raw_rates]},
+        "embed_share_of_run": embed,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ freshness
+
+
+def scrape(url: str) -> dict[str, Any]:
+    """Freshness histogram (cumulative buckets, count) and mutations applied, from a /metrics page."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    buckets: dict[float, float] = {}
+    count, mutations = 0.0, 0.0
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "driftrag_index_freshness_seconds_bucket":
+                buckets[float(s.labels["le"])] = s.value
+            elif s.name == "driftrag_index_freshness_seconds_count":
+                count = s.value
+            elif s.name == "driftrag_index_mutations_total":
+                mutations += s.value
+    return {"buckets": buckets, "count": count, "mutations": mutations}
+
+
+def hist_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """Quantile of a cumulative histogram, linear within the bucket it falls in (Prometheus'
+    histogram_quantile); in the +Inf bucket: the largest finite bound."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]] if bounds else 0
+    if total <= 0:
+        return None
+    target, lo, below = q * total, 0.0, 0.0
+    for b in bounds:
+        c = buckets[b]
+        if c >= target:
+            if b == float("inf"):
+                return lo
+            return lo + (b - lo) * ((target - below) / (c - below) if c > below else 1.0)
+        lo, below = b, c
+    return lo
+
+
+def _spawn(args: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen:
+    f = log_file.open("ab")
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", *args], env=env, stdout=f, stderr=f, cwd=ROOT)
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _alive(procs: list[subprocess.Popen], logs: list[Path]) -> None:
+    for p, lg in zip(procs, logs, strict=True):
+        if p.poll() is not None:
+            raise RuntimeError(f"{lg.stem} exited ({p.returncode}):\n{lg.read_text()[-3000:]}")
+
+
+def _settle(url: str, procs: list[subprocess.Popen], logs: list[Path], quiet_s: float, timeout_s: float,
+            at_least: float = 0) -> dict[str, Any]:
+    """Wait until the service has applied at least ``at_least`` mutations and none arrived for ``quiet_s``."""
+    deadline = time.monotonic() + timeout_s
+    last = scrape(url)
+    changed = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        _alive(procs, logs)
+        now = scrape(url)
+        if now["mutations"] != last["mutations"]:
+            changed = time.monotonic()
+        last = now
+        if last["mutations"] >= at_least and time.monotonic() - changed >= quiet_s:
+            return last
+    raise RuntimeError(f"the query service did not settle within {timeout_s}s ({last['mutations']} mutations)")
+
+
+def bench_freshness(bootstrap: str, codebooks: Path, tmp: Path, rate: float, seconds: float,
+                    bad_fraction: float) -> dict[str, Any]:
+    skip_s = min(5.0, seconds / 3)
+    kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"benchf{uuid.uuid4().hex[:6]}.")
+    ensure_topics(kafka)
+    topics = {"engagements": kafka.topic("engagements"), "items": kafka.topic("items")}
+    env = {**os.environ, "DRIFTRAG_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+           "DRIFTRAG_KAFKA__TOPIC_PREFIX": kafka.topic_prefix, "DRIFTRAG_CLUSTERS__CODEBOOK_DIR": str(codebooks)}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    logs = [tmp / "freshness-job.log", tmp / "freshness-serve.log"]
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(_spawn(["run", "--progress-every", "10"], env, logs[0]))
+        procs.append(_spawn(["serve", "--port", str(port), "--snapshot-dir", str(tmp / "snap"),
+                             "--no-text-search"], env, logs[1]))
+        deadline = time.monotonic() + 120
+        while True:
+            _alive(procs, logs)
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the query service did not answer /healthz within 120 s")
+            time.sleep(0.5)
+        # Warm-up: another seed, a day of event time before the measured workload, as fast as possible. When the
+        # service has applied its item mutations and gone quiet, the job has its model loaded and is tailing.
+        base = GeneratorConfig()
+        warm = GeneratorConfig(seed=base.seed + 1, events=2_000, days=1.0, start_ms=base.start_ms - 2 * DAY_MS,
+                               n_users=200, items_per_cluster=5)
+        log(f"freshness: job and query service up ({url}); warming up with {warm.events:,} events")
+        produce_to_kafka(warm, kafka.client(), topics)
+        before = _settle(url, procs, logs, quiet_s=2.0, timeout_s=120, at_least=warm.n_clusters * 5)
+        gen = GeneratorConfig(seed=base.seed, events=int(rate * seconds), bad_fraction=bad_fraction)
+        log(f"freshness: producing {gen.events:,} engagement events (+ content) at {rate:,.0f}/s")
+        box: dict[str, Any] = {}
+
+        def produce() -> None:
+            try:
+                box["produced"] = produce_to_kafka(gen, kafka.client(), topics, rate=rate)
+            except BaseException as e:  # noqa: BLE001 - re-raised below
+                box["error"] = e
+
+        producer = threading.Thread(target=produce, daemon=True)
+        producer.start()
+        # Also a second view without the opening seconds, in which the whole initial catalogue (content events
+        # that precede the engagements) arrives at once and has to be embedded: the steady state.
+        producer.join(skip_s)
+        mid = scrape(url) if producer.is_alive() else None
+        producer.join()
+        if "error" in box:
+            raise box["error"]
+        produced = box["produced"]
+        after = _settle(url, procs, logs, quiet_s=2.0, timeout_s=60)
+    finally:
+        for p in reversed(procs):
+            _stop(p)
+    buckets = {b: after["buckets"].get(b, 0) - before["buckets"].get(b, 0) for b in after["buckets"]}
+    n = after["count"] - before["count"]
+    p50, p99 = hist_quantile(buckets, 0.50), hist_quantile(buckets, 0.99)
+    steady: dict[str, Any] = {"skipped_first_s": skip_s, "p50_ms": None, "p99_ms": None, "mutations": 0}
+    if mid is not None:
+        sb = {b: after["buckets"].get(b, 0) - mid["buckets"].get(b, 0) for b in after["buckets"]}
+        s50, s99 = hist_quantile(sb, 0.50), hist_quantile(sb, 0.99)
+        steady.update(p50_ms=rnd(s50 * 1e3, 1) if s50 is not None else None,
+                      p99_ms=rnd(s99 * 1e3, 1) if s99 is not None else None,
+                      mutations=int(after["count"] - mid["count"]))
+    finite = sorted(b for b in buckets if b != float("inf"))
+    above = n - buckets.get(finite[-1], 0) if finite else 0
+    log(f"freshness: {int(n):,} mutations, p50 {p50 and p50 * 1e3:.0f} ms, p99 {p99 and p99 * 1e3:.0f} ms")
+    return {
+        "freshness_p50_ms": rnd(p50 * 1e3, 1) if p50 is not None else None,
+        "freshness_p99_ms": rnd(p99 * 1e3, 1) if p99 is not None else None,
+        "freshness_events": int(n),
+        "freshness_method": "driftrag serve's driftrag_index_freshness_seconds histogram (apply wall time - Kafka "
+                            "record timestamp, per mutation), window delta, linear interpolation within buckets",
+        "rate_target_per_s": rate,
+        "produced_messages": produced["produced"],
+        "produce_seconds": produced["seconds"],
+        "rate_achieved_per_s": rnd(produced["produced"] / produced["seconds"]) if produced["seconds"] else None,
+        "mutations_applied": int(after["mutations"] - before["mutations"]),
+        "histogram_ms": {("inf" if b == float("inf") else f"{b * 1e3:g}"): int(c) for b, c in sorted(buckets.items())},
+        "over_last_bucket": int(above),
+        "steady_state": steady,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ index
+
+
+def bench_index(items: int, backend: str, idmap_seconds: float) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).with_name("index_upsert.py")), "--items", str(items),
+           "--backend", backend, "--idmap-seconds", str(idmap_seconds)]
+    log("index: " + " ".join(cmd[1:]))
+    out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, check=True, text=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    return {
+        "upserts_per_s": r["upserts_per_s"]["slot_vector_index"],
+        "idmap2_upserts_per_s": r["upserts_per_s"]["faiss_idmap2"],
+        "upsert_speedup_vs_idmap2": r["upsert_speedup_vs_idmap2"],
+        "recall_at_10": r["recall_at_10"]["slot_vector_index"],
+        "idmap2_recall_at_10": r["recall_at_10"]["faiss_idmap2"],
+        "query_p50_ms": r["query_ms"]["slot_vector_index"]["p50"],
+        "query_p99_ms": r["query_ms"]["slot_vector_index"]["p99"],
+        "idmap2_query_p50_ms": r["query_ms"]["faiss_idmap2"]["p50"],
+        "idmap2_query_p99_ms": r["query_ms"]["faiss_idmap2"]["p99"],
+        "search_path": r["search_path"],
+        "backend": r["backend"],
+        "index_upsert": r,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=int, default=100_000, help="engagement events (plus content events)")
+    p.add_argument("--bad-fraction", type=float, default=0.01)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of the file and Kafka paths (median)")
+    p.add_argument("--freshness-seconds", type=float, default=30.0, help="length of the fixed-rate window")
+    p.add_argument("--rate", type=float, default=2000.0, help="engagement events/s of the freshness window")
+    p.add_argument("--index-items", type=int, default=200_000)
+    p.add_argument("--index-backend", default="auto", choices=["auto", "cpu", "faiss-cpu", "gpu"],
+                   help="SlotVectorIndex backend (auto: as the query service; GPU when one is visible)")
+    p.add_argument("--idmap-seconds", type=float, default=15.0, help="time budget of the IndexIDMap2 updates")
+    p.add_argument("--skip", default="", help=f"comma list of parts to skip: {','.join(PARTS)}")
+    p.add_argument("--bootstrap", help="use this broker instead of starting one")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (workload, logs, broker data)")
+    args = p.parse_args()
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if skip - set(PARTS):
+        p.error(f"--skip: unknown parts {sorted(skip - set(PARTS))}; known: {','.join(PARTS)}")
+
+    tmp = Path(tempfile.mkdtemp(prefix="driftrag-pipeline-"))
+    try:
+        return run(args, skip, tmp)
+    finally:
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, skip: set[str], tmp: Path) -> int:
+    t_start = time.monotonic()
+    gen = GeneratorConfig(seed=7, events=args.events, bad_fraction=args.bad_fraction)
+    result: dict[str, Any] = {"benchmark": "pipeline", "events": args.events, "workers": 1,
+                              "repeats": args.repeats, "skipped": sorted(skip)}
+    details: dict[str, Any] = {}
+    codebooks = tmp / "codebooks"
+    needs_workload = bool({"file", "kafka", "freshness"} - skip)
+    if needs_workload:
+        log(f"generating {args.events:,} events into {tmp}")
+        files = write_files(gen, tmp / "data")
+        details["workload"] = {k: files[k] for k in ("messages", "engagements", "items", "bad")}
+        result["embedding_backend"] = build_codebook_dir(tmp / "data" / "items.jsonl", codebooks)
+
+    if "file" not in skip:
+        details["file"] = bench_file(tmp / "data", codebooks, args.repeats)
+
+    if not {"kafka", "freshness"} <= skip:
+        broker = None
+        bootstrap = args.bootstrap
+        try:
+            if bootstrap is None:
+                from streams.broker import LocalKafka
+
+                port = free_port()
+                broker = LocalKafka(BrokerSettings(port=port, controller_port=free_port(), data_dir=tmp / "broker"))
+                log(f"starting a local broker on {port}")
+                broker.start(progress=log)
+                bootstrap = broker.bootstrap
+            if "kafka" not in skip:
+                details["kafka"] = bench_kafka(gen, bootstrap, codebooks, args.repeats)
+            if "freshness" not in skip:
+                details["freshness"] = bench_freshness(bootstrap, codebooks, tmp, args.rate,
+                                                       args.freshness_seconds, args.bad_fraction)
+        finally:
+            if broker is not None:
+                log("stopping the broker")
+                broker.stop()
+
+    if "index" not in skip:  # last: the broker's JVM is gone, the CPUs are the index's
+        details["index"] = bench_index(args.index_items, args.index_backend, args.idmap_seconds)
+
+    f, k, fr, ix = (details.get(x, {}) for x in ("file", "kafka", "freshness", "index"))
+    headline = {
+        "file_events_per_s": f.get("file_events_per_s"),
+        "kafka_events_per_s": k.get("kafka_events_per_s"),
+        "raw_consume_per_s": k.get("raw_consume_per_s"),
+        "kafka_vs_raw_ratio": k.get("kafka_vs_raw_ratio"),
+        "freshness_p50_ms": fr.get("freshness_p50_ms"),
+        "freshness_p99_ms": fr.get("freshness_p99_ms"),
+        "freshness_events": fr.get("freshness_events"),
+        "upserts_per_s": ix.get("upserts_per_s"),
+        "idmap2_upserts_per_s": ix.get("idmap2_upserts_per_s"),
+        "upsert_speedup_vs_idmap2": ix.get("upsert_speedup_vs_idmap2"),
+        "recall_at_10": ix.get("recall_at_10"),
+        "idmap2_recall_at_10": ix.get("idmap2_recall_at_10"),
+        "query_p50_ms": ix.get("query_p50_ms"),
+        "query_p99_ms": ix.get("query_p99_ms"),
+        "search_path": ix.get("search_path"),
+    }
+    gpu = ix.get("search_path") is not None and any(s in ix["search_path"] for s in ("gpu", "cuda"))
+    out = {**headline, **result,
+           "search_device": None if "search_path" not in ix else ("gpu" if gpu else "cpu"),
+           "aims": {"file_events_per_s": 50_000, "freshness_p99_ms": 1000, "upsert_speedup_vs_idmap2": 10},
+           "details": details,
+           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "machine": platform.machine(),
+                       "processor": platform.processor(), "python": platform.python_version()},
+           "wall_seconds": round(time.monotonic() - t_start, 1)}
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
