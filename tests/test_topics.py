@@ -27,12 +27,14 @@ def test_ensure_topics_is_idempotent_and_follows_config(kafka_bootstrap):
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
     kafka.topics["changelog"] = TopicSpec(name="changelog", partitions=2, retention_ms=-1, cleanup_policy="compact")
     first = ensure_topics(kafka)
-    names = ("engagements", "items", "drift-alerts", "dead-letter", "changelog")
+    names = ("engagements", "items", "drift-alerts", "dead-letter", "index-mutations", "changelog")
     assert first == {prefix + n: "created" for n in names}
     assert ensure_topics(kafka) == {name: "exists" for name in first}
     assert describe(kafka_bootstrap, prefix + "engagements") == (3, {"retention.ms": str(7 * 86_400_000),
                                                                      "cleanup.policy": "delete"})
     assert describe(kafka_bootstrap, prefix + "changelog") == (2, {"retention.ms": "-1", "cleanup.policy": "compact"})
+    assert describe(kafka_bootstrap, prefix + "index-mutations") == (3, {"retention.ms": "-1",
+                                                                         "cleanup.policy": "compact"})
 
     kafka.topics["engagements"] = kafka.topics["engagements"].model_copy(update={"retention_ms": 3_600_000})
     assert ensure_topics(kafka, ["engagements"]) == {prefix + "engagements": "updated"}
