@@ -37,7 +37,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,9 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from bench.ingest import free_port, raw_consume  # noqa: E402  (the same bare consumer as the ingest bench)
 from streams.generator import DAY_MS, GeneratorConfig, produce_to_kafka, write_files  # noqa: E402
 from streams.job import Job, add_arguments  # noqa: E402
 from streams.settings import BrokerSettings, KafkaSettings, Settings  # noqa: E402
@@ -66,12 +65,6 @@ PARTS = ("file", "kafka", "freshness", "index")
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def med(xs: list[float]) -> float | None:
@@ -161,36 +154,6 @@ def bench_file(data: Path, codebooks: Path, repeats: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ Kafka path
 
 
-def raw_consume(kafka: KafkaSettings, topics: list[str], expected: int) -> float:
-    """The limit: a bare confluent-kafka consumer reading the same partitions, touching each value (as
-    bench/ingest.py). Returns seconds."""
-    from confluent_kafka.admin import AdminClient
-
-    md = AdminClient(kafka.client()).list_topics(timeout=30)
-    tps = [TopicPartition(t, p, 0) for t in topics for p in sorted(md.topics[t].partitions)]
-    c = Consumer(kafka.client(**{"group.id": "bench-raw", "enable.auto.commit": False,
-                                 "enable.partition.eof": True, "fetch.wait.max.ms": 50}))
-    c.assign(tps)
-    n, eof, nbytes = 0, 0, 0
-    t0 = time.perf_counter()
-    while eof < len(tps):
-        for m in c.consume(1000, 0.05):
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    eof += 1
-                    continue
-                raise RuntimeError(str(err))
-            v = m.value()
-            nbytes += len(v) if v else 0
-            n += 1
-    dt = time.perf_counter() - t0
-    c.close()
-    if n != expected:
-        raise RuntimeError(f"raw consumer read {n} messages, expected {expected}")
-    return dt
-
-
 def bench_kafka(gen: GeneratorConfig, bootstrap: str, codebooks: Path, repeats: int) -> dict[str, Any]:
     kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"benchp{uuid.uuid4().hex[:6]}.")
     ensure_topics(kafka)
@@ -203,7 +166,7 @@ def bench_kafka(gen: GeneratorConfig, bootstrap: str, codebooks: Path, repeats: 
             "--codebook-dir", str(codebooks)]
     job_rates, raw_rates, embed = [], [], []
     for i in range(repeats):  # interleaved, so both see the same machine load
-        raw_rates.append(total / raw_consume(kafka, topics, total))
+        raw_rates.append(total / raw_consume(kafka, topics, total)[1])
         summary, dt = timed_run(make_job(argv))
         if summary["messages"] != total:
             raise RuntimeError(f"the job read {summary['messages']:,} messages from Kafka, expected {total:,}")
