@@ -135,6 +135,7 @@ class LiveIndex:
         # depend only on the data (last_seen only grows), never on the order mutations arrived in, so replicas
         # and restarts give identical answers.
         self._recent: dict[int, dict[str, int]] = {}
+        self._recent_heap: dict[int, list[tuple[int, str]]] = {}  # (last seen, id) per cluster, with stale entries
         self._cluster_of: dict[str, int] = {}
         self.cluster_sizes: Counter[int] = Counter()
         self.version = 0
@@ -162,6 +163,7 @@ class LiveIndex:
             codebook_changed = False
             max_ts, max_ingest = self.watermark_ts, self.latest_ingest_ms
             ingests: list[int] = []
+            applied: Counter[str] = Counter()
             for key, m in latest.items():
                 try:
                     kind = kind_of(key)
@@ -181,7 +183,7 @@ class LiveIndex:
                     MUTATIONS_REJECTED.labels(key.split(":", 1)[0][:16]).inc()
                     log.warning("skipped index mutation %r: %s", key[:80], e)
                     continue
-                MUTATIONS_APPLIED.labels(kind).inc()
+                applied[kind] += 1
                 if v is not None:
                     ts, ing = v.get("ts_ms"), v.get("ingest_ms")
                     if kind != "codebook" and isinstance(ts, int) and (max_ts is None or ts > max_ts):
@@ -205,6 +207,8 @@ class LiveIndex:
                     self.offsets.setdefault(topic, {}).update(parts)
             self.version += 1
             version = self.version
+        for kind, n in applied.items():
+            MUTATIONS_APPLIED.labels(kind).inc(n)
         now_ms = self.clock() * 1000
         for ing in ingests:
             lag = max(0.0, now_ms - ing)
@@ -271,9 +275,17 @@ class LiveIndex:
     def _touch(self, item_id: str, cluster: int) -> None:
         """Keep ``item_id`` among its cluster's freshest items if it belongs there (ties: larger id wins)."""
         recent = self._recent.setdefault(cluster, {})
-        recent[item_id] = self._last_seen(item_id)
-        if len(recent) > self.exemplars_per_cluster:
-            del recent[min(recent.items(), key=lambda kv: (kv[1], kv[0]))[0]]
+        heap = self._recent_heap.get(cluster)
+        if heap is None or len(heap) > 4 * self.exemplars_per_cluster + 16:  # rebuild: drop stale entries
+            heap = self._recent_heap[cluster] = [(ls, i) for i, ls in recent.items()]
+            heapq.heapify(heap)
+        last_seen = self._last_seen(item_id)
+        recent[item_id] = last_seen
+        heapq.heappush(heap, (last_seen, item_id))
+        while len(recent) > self.exemplars_per_cluster:
+            ls, i = heapq.heappop(heap)  # the stalest entry; skip ones outdated since they were pushed
+            if recent.get(i) == ls:
+                del recent[i]
 
     def _apply_pair(self, key: str, v: dict | None) -> tuple[int, int]:
         try:

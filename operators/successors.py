@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "MODES", "SOURCES", "CounterSnapshot", "DecayedCounter", "PairSnapshot", "PairSuccessors", "Successor",
-    "SuccessorTable", "TableSnapshot",
+    "SuccessorTable", "TableSnapshot", "rank_successors",
 ]
 
 MODES = ("frequency", "trend")
@@ -274,23 +274,21 @@ class PairSuccessors:
         """
         _check_k_mode(k, mode)
         excluded = set(exclude)
-        items = [(c, v) for c, v in self._counter.items(now_ms) if c not in excluded and v > 0.0]
-        total = sum(v for _, v in items)
+        items = [(c, v) for c, v in self._counter.items(now_ms) if c not in excluded]
         ref = self._reference
         if ref is not None and excluded:
             ref_total = sum(s for c, s in ref.items() if c not in excluded)
             ref = {c: s / ref_total for c, s in ref.items() if c not in excluded} if ref_total > 0 else {}
-        out = []
-        for c, v in items:
-            share = v / total
-            trend = share - ref.get(c, 0.0) if ref is not None else 0.0
-            out.append(Successor(c, share, v, trend))
-        if mode == "frequency":
-            out.sort(key=lambda s: (-s.score, -s.trend))
-        else:
-            out = [Successor(s.cluster, s.trend, s.count, s.trend) for s in out]
-            out.sort(key=lambda s: (-s.trend, -s.count))
-        return out[:k]
+        return rank_successors(items, ref, mode)[:k]
+
+    def counts(self, now_ms: int) -> tuple[tuple[Hashable, float], ...]:
+        """Every successor's decayed count at ``now_ms`` (cheap: no shares, no ranking)."""
+        return tuple(self._counter.items(now_ms))
+
+    @property
+    def reference(self) -> dict[Hashable, float] | None:
+        """Shares at the trend reference. Replaced, never changed in place: safe to hand out."""
+        return self._reference
 
     def __len__(self) -> int:
         return len(self._counter)
@@ -312,6 +310,30 @@ class PairSuccessors:
         p._next_reference = dict(snap.next_reference) if snap.next_reference is not None else None
         p._next_reference_ms = snap.next_reference_ms
         return p
+
+
+def rank_successors(counts: Iterable[tuple[Hashable, float]], reference: dict[Hashable, float] | None,
+                    mode: str = "frequency") -> list[Successor]:
+    """Successors ranked from decayed ``counts``: share of the total, trend = share - share at ``reference``
+    (0.0 without one). Frequency ranks by share (ties: larger trend, then first seen); trend ranks by trend
+    (ties: larger count, then first seen), with ``score`` = trend.
+
+    >>> [(s.cluster, s.score, s.trend) for s in rank_successors([("a", 3.0), ("b", 1.0)], {"a": 1.0})]
+    [('a', 0.75, -0.25), ('b', 0.25, 0.25)]
+    """
+    items = [(c, v) for c, v in counts if v > 0.0]
+    total = sum(v for _, v in items)
+    out = []
+    for c, v in items:
+        share = v / total
+        trend = share - reference.get(c, 0.0) if reference is not None else 0.0
+        out.append(Successor(c, share, v, trend))
+    if mode == "frequency":
+        out.sort(key=lambda s: (-s.score, -s.trend))
+    else:
+        out = [Successor(s.cluster, s.trend, s.count, s.trend) for s in out]
+        out.sort(key=lambda s: (-s.trend, -s.count))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- all pairs

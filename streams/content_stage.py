@@ -1,7 +1,7 @@
 """Dataflow steps from content to interest clusters, and from engagements to clustered engagements.
 
     content events (+ engagements' inline text)   ContentEvent
-      -> shard_content      (key: shard of item_id)
+      -> shard_content      (key: shard of item_id; content events and engagements' inline text)
       -> micro_batch        size / latency budget    list[ContentEvent]
       -> embed_and_assign   one model per process, cached by content hash   EmbeddedItem
     EmbeddedItem | Engagement keyed by item_id
@@ -44,6 +44,16 @@ ENGAGEMENTS_UNRESOLVED = Counter("driftrag_engagements_unresolved_total",
 class ClusteredEngagement:
     engagement: Engagement
     cluster: int
+    # The item's engagement tally including this one: (engagements, positive, first_seen_ms, last_seen_ms).
+    item_stats: tuple[int, int, int, int] | None = None
+
+
+def tally(stats: tuple[int, int, int, int] | None, e: Engagement) -> tuple[int, int, int, int]:
+    """An item's (engagements, positive, first_seen_ms, last_seen_ms) after one more engagement."""
+    if stats is None:
+        return (1, 1 if e.positive else 0, e.ts_ms, e.ts_ms)
+    n, pos, first, last = stats
+    return (n + 1, pos + (1 if e.positive else 0), min(first, e.ts_ms), max(last, e.ts_ms))
 
 
 @dataclass
@@ -58,6 +68,7 @@ class ClusteringConfig:
     max_pending: int = 1000
     max_wait_ms: int = 600_000
     shards: int = 1
+    cache: EmbeddingCache | None = None  # a warm cache to start from (else a new one of cache_entries)
 
 
 class ProcessEmbedder:
@@ -69,8 +80,8 @@ class ProcessEmbedder:
 
     @cached_property
     def content(self) -> ContentEmbedder:
-        return ContentEmbedder(self.config.embedder_factory(), self.config.codebook,
-                               EmbeddingCache(self.config.cache_entries))
+        cache = self.config.cache if self.config.cache is not None else EmbeddingCache(self.config.cache_entries)
+        return ContentEmbedder(self.config.embedder_factory(), self.config.codebook, cache)
 
     def embed(self, batch: list[ContentEvent]) -> list[EmbeddedItem]:
         t0 = time.perf_counter()
@@ -115,6 +126,12 @@ class MicroBatchLogic(StatefulLogic):
         return self.batcher.pending
 
 
+def unkey(batch: list[tuple[str, Any]]) -> list[Any]:
+    """Drop the keys of a keyed batch. Keying and unkeying run per batch (``flat_map_batch``): one Python call
+    per batch instead of one Bytewax step per event, on the path every engagement takes."""
+    return [v for _, v in batch]
+
+
 def inline_text_as_content(e: Engagement | ContentEvent) -> ContentEvent | None:
     """An engagement that carries its item's text stands in for a content event the item may never get."""
     if type(e) is ContentEvent:
@@ -125,18 +142,25 @@ def inline_text_as_content(e: Engagement | ContentEvent) -> ContentEvent | None:
 
 
 def _join_step(max_pending: int, max_wait_ms: int):  # noqa: ANN202
-    def step(state: ItemClusterJoin | None, v: EmbeddedItem | Engagement):  # noqa: ANN202
-        if state is None:
-            state = ItemClusterJoin(max_pending, max_wait_ms)
+    """Per item: the join with its cluster, and the item's engagement tally (one keyed step does both)."""
+
+    def step(state: tuple | None, v: EmbeddedItem | Engagement):  # noqa: ANN202
+        join, stats = state if state is not None else (ItemClusterJoin(max_pending, max_wait_ms), None)
         if type(v) is EmbeddedItem:
-            released = state.on_item(v.cluster, v.distance)
+            released = join.on_item(v.cluster, v.distance)
+        elif join.cluster is not None:  # the common case: the item is known; no clock, no waiting list
+            released = [(v, join.cluster)]
         else:
-            released, dropped = state.on_engagement(v, int(time.time() * 1000))
+            released, dropped = join.on_engagement(v, int(time.time() * 1000))
             if not released:
                 ENGAGEMENTS_WAITING.inc()
             if dropped:
                 ENGAGEMENTS_UNRESOLVED.inc(dropped)
-        return state, [ClusteredEngagement(e, c) for e, c in released]
+        out = []
+        for e, c in released:
+            stats = tally(stats, e)
+            out.append(ClusteredEngagement(e, c, stats))
+        return (join, stats), out
 
     return step
 
@@ -146,19 +170,22 @@ def cluster_events(events: Stream[Engagement | ContentEvent], config: Clustering
     """Wire the content stage onto the stream of valid events; returns (items, clustered engagements)."""
     embedder = ProcessEmbedder(config)
     shards = config.shards
-    content = op.filter_map("inline_text_as_content", events, inline_text_as_content)
-    keyed = op.key_on("shard_content", content, lambda e: str(zlib.crc32(e.item_id.encode()) % shards))
+    def shard_content(batch: list[Engagement | ContentEvent]) -> list[tuple[str, ContentEvent]]:
+        contents = (inline_text_as_content(e) for e in batch)
+        return [(str(zlib.crc32(c.item_id.encode()) % shards), c) for c in contents if c is not None]
+
+    keyed = op.flat_map_batch("shard_content", events, shard_content)
     batches = op.stateful("micro_batch", keyed, lambda resume: _micro_batch_logic(config, resume))
     items = op.flat_map("embed_and_assign", batches, lambda kv: embedder.embed(kv[1]))
-    engagements = op.filter("engagements_only", events, lambda e: type(e) is Engagement)
     joined_in = op.merge(
         "items_and_engagements",
-        op.key_on("key_items", items, lambda i: i.item_id),
-        op.key_on("key_engagements", engagements, lambda e: e.item_id),
+        op.flat_map_batch("key_items", items, lambda batch: [(i.item_id, i) for i in batch]),
+        op.flat_map_batch("key_engagements", events,
+                          lambda batch: [(e.item_id, e) for e in batch if type(e) is Engagement]),
     )
     clustered = op.stateful_flat_map("await_item_cluster", joined_in,
                                      _join_step(config.max_pending, config.max_wait_ms))
-    return items, op.map("unkey", clustered, lambda kv: kv[1])
+    return items, op.flat_map_batch("unkey", clustered, unkey)
 
 
 def _micro_batch_logic(config: ClusteringConfig, resume: list[Any] | None) -> MicroBatchLogic:

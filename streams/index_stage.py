@@ -1,8 +1,8 @@
 """Dataflow steps from embedded items, clustered engagements and pair states to index mutations.
 
-    EmbeddedItem        -> item_to_mutation                               item:{id}   vector + payload
-    ClusteredEngagement -> key_by_item -> count_item_engagements         stats:{id}  counts, first/last seen
-    PairState           -> pair_to_mutation                               pair:c1,c2  every successor
+    EmbeddedItem        -> item_to_mutation                     item:{id}   vector + payload
+    ClusteredEngagement -> stats_to_mutation (latest per item)  stats:{id}  the tally the item join keeps
+    PairState           -> pair_to_mutation (latest per pair)   pair:c1,c2  every successor, ranked
 
 Every mutation is the full current state of its key (see ``index/mutations.py``), so the sinks downstream are
 idempotent: a replay after recovery, or a compacted changelog, gives the same index.
@@ -24,13 +24,15 @@ def item_to_mutation(i: EmbeddedItem) -> Mutation:
                          ts_ms=i.ts_ms, ingest_ms=i.ingest_ms, vector=i.vector)
 
 
-def count_item_engagements(state: tuple | None, ce: ClusteredEngagement) -> tuple[tuple, Mutation]:
-    """Per item: (engagements, positive, first_seen_ms, last_seen_ms), a plain tuple so recovery can store it."""
-    e = ce.engagement
-    n, pos, first, last = state or (0, 0, e.ts_ms, e.ts_ms)
-    state = (n + 1, pos + (1 if e.positive else 0), min(first, e.ts_ms), max(last, e.ts_ms))
-    return state, stats_mutation(e.item_id, cluster=ce.cluster, engagements=state[0], positive=state[1],
-                                 first_seen_ms=state[2], last_seen_ms=state[3], ingest_ms=e.ingest_ms)
+def latest_stats_to_mutations(clustered: list[ClusteredEngagement]) -> list[Mutation]:
+    """One stats mutation per item of a batch, from its latest tally (the join step keeps the tally)."""
+    latest = {ce.engagement.item_id: ce for ce in clustered}
+    out = []
+    for item_id, ce in latest.items():
+        n, pos, first, last = ce.item_stats
+        out.append(stats_mutation(item_id, cluster=ce.cluster, engagements=n, positive=pos, first_seen_ms=first,
+                                  last_seen_ms=last, ingest_ms=ce.engagement.ingest_ms))
+    return out
 
 
 def pair_to_mutation(st: PairState) -> Mutation:
@@ -41,15 +43,19 @@ def pair_to_mutation(st: PairState) -> Mutation:
         support=st.support, half_life_ms=st.half_life_ms, ts_ms=st.ts_ms, ingest_ms=st.ingest_ms)
 
 
+def latest_pairs_to_mutations(states: list[PairState]) -> list[Mutation]:
+    """One mutation per pair of a batch: each state is its pair's whole state, so only the last one counts (and
+    only it pays for ranking and encoding)."""
+    latest = {st.pair: st for st in states}
+    return [pair_to_mutation(st) for st in latest.values()]
+
+
 def index_mutations(items: Stream[EmbeddedItem], clustered: Stream[ClusteredEngagement],
                     pair_states: Stream[PairState]) -> Stream[Mutation]:
     """One stream of index mutations from the three kinds of state the dataflow keeps."""
-    by_item = op.key_on("key_by_item", clustered, lambda ce: ce.engagement.item_id)
-    stats = op.map("unkey_stats", op.stateful_map("count_item_engagements", by_item, count_item_engagements),
-                   lambda kv: kv[1])
     return op.merge(
         "index_mutations",
         op.map("item_to_mutation", items, item_to_mutation),
-        stats,
-        op.map("pair_to_mutation", pair_states, pair_to_mutation),
+        op.flat_map_batch("stats_to_mutation", clustered, latest_stats_to_mutations),
+        op.flat_map_batch("pair_to_mutation", pair_states, latest_pairs_to_mutations),
     )

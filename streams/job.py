@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import itertools
 import json
 import logging
@@ -462,6 +463,11 @@ class Job:
             recovery = _recovery_config(rs.recovery_dir, rs.backup_interval_s, self.args)
         if self.live is not None and not self.args.no_api:
             self._start_api()
+        gc_before = gc.get_threshold()
+        if rs.gc_threshold:
+            gc.collect()
+            gc.freeze()  # start-up objects (model, codebook, index) leave the collector's scans for good
+            gc.set_threshold(rs.gc_threshold, *gc_before[1:])
         t0 = time.monotonic()
         stop = threading.Event()
         ticker = threading.Thread(target=self._progress, args=(t0, stop), daemon=True)
@@ -483,6 +489,8 @@ class Job:
             print("[driftrag] interrupted", file=sys.stderr)
         finally:
             stop.set()
+            gc.set_threshold(*gc_before)
+            gc.unfreeze()
         summary = self.summary(time.monotonic() - t0)
         self._show_context(final=True)
         if self.server is not None:

@@ -16,9 +16,8 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream
 from prometheus_client import Counter
 
-from operators.successors import PairSuccessors, Successor
-from operators.transitions import TransitionTracker
-from streams.content_stage import ClusteredEngagement
+from operators.successors import PairSuccessors, Successor, rank_successors
+from streams.content_stage import ClusteredEngagement, unkey
 
 LATE_ENGAGEMENTS = Counter("driftrag_transitions_late_total",
                            "Positive engagements left out of the transition rule: older than the user's last one")
@@ -36,12 +35,21 @@ class Triple:
 
 @dataclass(frozen=True, slots=True)
 class PairState:
+    """A pair's full state after a triple. Kept raw (counts + the trend reference): ranking costs a sort, and
+    downstream only the latest state per pair in a batch is ever ranked."""
+
     pair: tuple[int, int]
-    successors: tuple[Successor, ...]  # every successor, frequency-ranked, counts at ts_ms, trend vs reference
+    counts: tuple[tuple[int, float], ...]  # every successor's decayed count at ts_ms
+    reference: dict[int, float] | None  # successor shares at the trend reference (never changed in place)
     support: float  # decayed number of observed triples
     ts_ms: int  # event time of the latest triple
     ingest_ms: int = 0
     half_life_ms: float = 0.0
+
+    @property
+    def successors(self) -> list[Successor]:
+        """Every successor, frequency-ranked, with share, count and trend."""
+        return rank_successors(self.counts, self.reference)
 
 
 def track_user_clusters(state: tuple | None, ce: ClusteredEngagement) -> tuple[tuple, list[Triple]]:
@@ -55,10 +63,11 @@ def track_user_clusters(state: tuple | None, ce: ClusteredEngagement) -> tuple[t
     if last_ts is not None and e.ts_ms < last_ts:
         LATE_ENGAGEMENTS.inc()
         return (h1, h2, last_ts), []
-    tracker = TransitionTracker(h1, h2)
-    t = tracker.update(ce.cluster)
-    out = [] if t is None else [Triple(t[0], t[1], t[2], e.ts_ms, e.user_id, e.ingest_ms)]
-    return (*tracker.state, e.ts_ms), out
+    c = ce.cluster
+    if c == h2:  # TransitionTracker's rule, inlined: this runs for every positive engagement
+        return (h1, h2, e.ts_ms), []
+    out = [Triple(h1, h2, c, e.ts_ms, e.user_id, e.ingest_ms)] if h1 is not None and c != h1 else []
+    return (h2, c, e.ts_ms), out
 
 
 def _count_successors(half_life_ms: int, trend_window_ms: int):  # noqa: ANN202
@@ -68,8 +77,8 @@ def _count_successors(half_life_ms: int, trend_window_ms: int):  # noqa: ANN202
         state.roll_reference(t.ts_ms, trend_window_ms)
         state.update(t.c_next, t.ts_ms)
         now = state.latest_ms or t.ts_ms  # a late triple does not move the pair's clock back
-        every = state.top(max(1, len(state)), now)
-        return state, [PairState((t.c1, t.c2), tuple(every), state.total(now), now, t.ingest_ms, half_life_ms)]
+        return state, [PairState((t.c1, t.c2), state.counts(now), state.reference, state.total(now), now,
+                                 t.ingest_ms, half_life_ms)]
 
     return step
 
@@ -77,10 +86,11 @@ def _count_successors(half_life_ms: int, trend_window_ms: int):  # noqa: ANN202
 def mine_successors(clustered: Stream[ClusteredEngagement], *, half_life_ms: int, trend_window_ms: int = 86_400_000
                     ) -> tuple[Stream[Triple], Stream[PairState]]:
     """Wire the transition rule and the decayed successor counts onto clustered engagements."""
-    positive = op.filter("positive_only", clustered, lambda ce: ce.engagement.positive)
-    by_user = op.key_on("key_by_user", positive, lambda ce: ce.engagement.user_id)
-    triples = op.map("unkey_triples", op.stateful_flat_map("track_user_clusters", by_user, track_user_clusters),
-                     lambda kv: kv[1])
-    by_pair = op.key_on("key_by_pair", triples, lambda t: f"{t.c1},{t.c2}")
+    by_user = op.flat_map_batch(  # positive engagements only, keyed by user
+        "key_positive_by_user", clustered,
+        lambda batch: [(ce.engagement.user_id, ce) for ce in batch if ce.engagement.positive])
+    triples = op.flat_map_batch("unkey_triples",
+                                op.stateful_flat_map("track_user_clusters", by_user, track_user_clusters), unkey)
+    by_pair = op.flat_map_batch("key_by_pair", triples, lambda batch: [(f"{t.c1},{t.c2}", t) for t in batch])
     states = op.stateful_flat_map("count_successors", by_pair, _count_successors(half_life_ms, trend_window_ms))
-    return triples, op.map("unkey_pair_states", states, lambda kv: kv[1])
+    return triples, op.flat_map_batch("unkey_pair_states", states, unkey)

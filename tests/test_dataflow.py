@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import orjson
@@ -59,7 +60,9 @@ def test_run_command_over_files(tmp_path, capsys):
     ev.write_bytes(GOOD + b"\n" + b"oops\n")
     it.write_bytes(ITEM + b"\n")
     out = tmp_path / "out"
+    gc_before = gc.get_threshold()
     assert main(["run", "--events", str(ev), "--items", str(it), "--out", str(out), "--no-clusters"]) == 0
+    assert gc.get_threshold() == gc_before and gc.get_freeze_count() == 0  # the job's GC tuning is undone
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["engagements"] == 1 and summary["content_events"] == 1
     assert summary["dead_letter_by_reason"] == {"invalid_json": 1}
