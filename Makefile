@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/driftrag run --embedded --max-events 50000
+	$(BIN)/driftrag run --embedded --max-events 50000 --rate 10000 --progress-every 2
 
 test: install
 	$(BIN)/python -m pytest
