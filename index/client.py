@@ -110,6 +110,10 @@ class DriftragClient:
     def cluster(self, cluster_id: int) -> dict[str, Any]:
         return self._json("GET", f"/v1/clusters/{cluster_id}")
 
+
+    def drift(self, limit: int = 50) -> dict[str, Any]:
+        """``GET /v1/drift``: clusters ranked by their current drift score."""
+        return self._json("GET", f"/v1/drift?limit={int(limit)}")
     def health(self) -> dict[str, Any]:
         return self._json("GET", "/healthz")
 

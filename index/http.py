@@ -5,7 +5,8 @@ Endpoints (all JSON except ``/metrics``):
 - ``POST /v1/context`` ``{"history": [item_id, ...]}`` or ``{"clusters": [c1, c2]}``, optional ``k``, ``mode``
   (``"frequency"`` | ``"trend"``), ``items_per_successor`` -> :meth:`LiveIndex.context`;
 - ``POST /v1/search`` ``{"text": ...}`` or ``{"vector": [...]}``, optional ``k`` -> :meth:`LiveIndex.search`;
-- ``GET /v1/clusters/{id}`` (optional ``?k=``) -> :meth:`LiveIndex.cluster`;
+- ``GET /v1/clusters/{id}`` (optional ``?k=``) -> :meth:`LiveIndex.cluster` (with its drift status);
+- ``GET /v1/drift`` (optional ``?limit=``) -> :meth:`LiveIndex.drift_ranking`;
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (the index has a codebook and ``readiness()`` agrees),
   ``GET /metrics`` (Prometheus text exposition of the default registry).
 
@@ -202,6 +203,10 @@ def create_app(live: LiveIndex, *, readiness: Callable[[], tuple[bool, str]] | N
         except ValueError:
             return _error(404, "not_found", f"no cluster {cluster_id[:40]!r}: cluster ids are integers")
         return JSONResponse(live.cluster(c, k=k))
+
+    @app.get("/v1/drift")
+    def drift(limit: int = 50) -> Response:
+        return JSONResponse(live.drift_ranking(limit))
 
     @app.get("/healthz")
     def healthz() -> Response:

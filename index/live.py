@@ -138,6 +138,7 @@ class LiveIndex:
         self._recent_heap: dict[int, list[tuple[int, str]]] = {}  # (last seen, id) per cluster, with stale entries
         self._cluster_of: dict[str, int] = {}
         self.cluster_sizes: Counter[int] = Counter()
+        self.drift: dict[int, dict[str, Any]] = {}  # cluster -> drift status (scores, open alerts, reference)
         self.version = 0
         self.watermark_ts: int | None = None
         self.latest_ingest_ms: int | None = None
@@ -172,6 +173,8 @@ class LiveIndex:
                         self._apply_item(key[5:], v, item_upserts, item_deletes)
                     elif kind == "stats":
                         self._apply_stats(key[6:], v)
+                    elif kind == "drift":
+                        self._apply_drift(key[6:], v)
                     elif kind == "pair":
                         pair = self._apply_pair(key[5:], v)
                         (dropped_pairs if v is None else new_pairs).append(pair)
@@ -301,6 +304,18 @@ class LiveIndex:
         self.pairs[pair] = {"pair": list(pair), "successors": succ, "support": float(v["support"]),
                             "half_life_ms": float(v["half_life_ms"]), "ts_ms": int(v["ts_ms"])}
         return pair
+
+    def _apply_drift(self, key: str, v: dict | None) -> None:
+        try:
+            cluster = int(key)
+        except ValueError:
+            raise MutationError(f"drift key must be 'drift:<cluster>', got {key[:40]!r}") from None
+        if v is None:
+            self.drift.pop(cluster, None)
+            return
+        scores = {str(k): float(x) for k, x in v["scores"].items()}
+        self.drift[cluster] = {"scores": scores, "alerts": list(v.get("alerts", [])),
+                               "reference": dict(v.get("reference", {})), "ts_ms": int(v["ts_ms"])}
 
     def _apply_codebook(self, v: dict | None) -> None:
         if v is None:
@@ -604,8 +619,23 @@ class LiveIndex:
                                 "score": round(s["score"], 4), "count": round(s["count"], 2),
                                 "trend": round(s["trend"], 4)} for s in succ],
             "pairs_ending_here": len(ending),
+            "drift": self.drift.get(c),
             "freshness": self.freshness(),
         }
+
+    def drift_ranking(self, limit: int = 50) -> dict[str, Any]:
+        """Clusters ranked by their largest current drift score (1.0 = at the warning threshold)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise BadRequest(f"limit must be an integer in 1..10000, got {limit!r}")
+        rows = []
+        for c, st in list(self.drift.items()):
+            kind, score = max(st["scores"].items(), key=lambda kv: kv[1], default=(None, 0.0))
+            rows.append({"cluster": c, "label": self.label(c), "score": round(score, 4), "kind": kind,
+                         "scores": st["scores"], "open_alerts": len(st["alerts"]),
+                         "severity": max((a.get("severity", "warning") for a in st["alerts"]),
+                                         key=("warning", "critical").index, default=None)})
+        rows.sort(key=lambda r: (-r["score"], r["cluster"]))
+        return {"clusters": rows[:limit], "freshness": self.freshness()}
 
     def summary(self) -> dict[str, Any]:
         return {"version": self.version, "items": len(self.items) if self.items is not None else 0,
@@ -628,6 +658,7 @@ class LiveIndex:
                 "codebook": self.codebook, "payloads": dict(self.item_payloads), "stats": dict(self.stats),
                 "pairs": list(self.pairs.values()),
                 "recent": {c: dict(r) for c, r in self._recent.items()},
+                "drift": {str(c): d for c, d in self.drift.items()},
             }
             centroids = None if self.centroids is None else self.centroids.copy()
         name = f"snap-{version:012d}"
@@ -681,6 +712,7 @@ class LiveIndex:
             live.cluster_sizes = Counter(live._cluster_of.values())
             live._recent = {int(c): dict(r) for c, r in state["recent"].items()}
             live.pairs = {(p["pair"][0], p["pair"][1]): p for p in state["pairs"]}
+            live.drift = {int(c): d for c, d in state.get("drift", {}).items()}
             live._update_pair_vectors([], [], rebuild=True)
             live.version = state["version"]
             live.watermark_ts = state["watermark_ts"]

@@ -11,7 +11,9 @@ Keys and their values (JSON objects on the wire; vectors as base64 of little-end
 - ``stats:{item_id}`` — engagement: ``cluster``, ``engagements``, ``positive``, ``first_seen_ms``,
   ``last_seen_ms``;
 - ``pair:{c1},{c2}`` — successors of the pair: ``successors`` [{cluster, count, score, trend}] (counts decayed
-  to ``ts_ms``), ``support``, ``half_life_ms``.
+  to ``ts_ms``), ``support``, ``half_life_ms``;
+- ``drift:{cluster}`` — the cluster's drift status: ``scores`` {kind: score, 1.0 = at the warning threshold},
+  ``alerts`` (open alerts, the brief's alert JSON), ``reference`` {policy, since_ms}.
 
 Every value carries ``ts_ms`` (event time of the newest event it reflects) and ``ingest_ms`` (wall-clock ms at
 which that event entered the pipeline), from which the index reports its watermark and freshness.
@@ -39,11 +41,11 @@ import orjson
 
 __all__ = [
     "KINDS", "SNIPPET_CHARS", "Mutation", "MutationError", "codebook_fields", "codebook_mutation", "decode",
-    "decode_vector", "encode", "encode_vector", "item_mutation", "kind_of", "pair_key", "pair_mutation",
-    "stats_mutation", "vector_of",
+    "decode_vector", "drift_mutation", "encode", "encode_vector", "item_mutation", "kind_of", "pair_key",
+    "pair_mutation", "stats_mutation", "vector_of",
 ]
 
-KINDS = ("codebook", "item", "stats", "pair")
+KINDS = ("codebook", "item", "stats", "pair", "drift")
 SNIPPET_CHARS = 280  # item text kept in the index: enough for a prompt line, not the whole document
 
 
@@ -109,6 +111,14 @@ def pair_mutation(c1: int, c2: int, *, successors: Sequence[dict[str, Any]], sup
     return Mutation(pair_key(c1, c2), {
         "pair": [int(c1), int(c2)], "successors": list(successors), "support": float(support),
         "half_life_ms": float(half_life_ms), "ts_ms": int(ts_ms), "ingest_ms": int(ingest_ms),
+    })
+
+
+def drift_mutation(cluster: int, *, scores: dict[str, float], alerts: Sequence[dict[str, Any]],
+                   reference: dict[str, Any], ts_ms: int, ingest_ms: int = 0) -> Mutation:
+    return Mutation(f"drift:{int(cluster)}", {
+        "cluster": int(cluster), "scores": {k: round(float(v), 6) for k, v in scores.items()},
+        "alerts": list(alerts), "reference": dict(reference), "ts_ms": int(ts_ms), "ingest_ms": int(ingest_ms),
     })
 
 

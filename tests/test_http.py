@@ -534,3 +534,17 @@ def test_context_while_pairs_come_and_go():
         stop.set()
         thread.join(10)
         sys.setswitchinterval(old)
+
+
+def test_drift_ranking_and_cluster_drift_status(serve):
+    from index.mutations import drift_mutation
+
+    live = filled_index()
+    client, _ = serve(live)
+    assert client.drift()["clusters"] == []
+    live.apply([drift_mutation(3, scores={"volume": 3.0}, alerts=[{"alert_id": "v", "severity": "warning"}],
+                               reference={"policy": "rolling", "since_ms": 0}, ts_ms=1)])
+    ranking = client.drift(limit=5)["clusters"]
+    assert [(r["cluster"], r["kind"], r["score"]) for r in ranking] == [(3, "volume", 3.0)]
+    assert client.cluster(3)["drift"]["scores"] == {"volume": 3.0}
+    assert_error(raw(client, "GET", "/v1/drift?limit=0"), 400, "bad_request")

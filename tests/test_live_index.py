@@ -215,3 +215,21 @@ def test_freshness_measures_ingest_to_apply():
     assert list(ix.freshness_ms) == [250.0]
     clock[0] = 101.0
     assert ix.freshness() == {"watermark_ts": 5, "index_version": 1, "lag_ms": 1_250}
+
+
+def test_drift_status_ranks_clusters_and_shows_in_the_cluster_view(live, tmp_path):
+    from index.mutations import drift_mutation
+
+    alert = {"alert_id": "a1", "cluster": 2, "kind": "engagement", "severity": "critical"}
+    live.apply([drift_mutation(2, scores={"engagement": 2.5, "volume": 0.2}, alerts=[alert],
+                               reference={"policy": "rolling", "since_ms": 0}, ts_ms=30_000),
+                drift_mutation(4, scores={"transition": 1.1}, alerts=[], reference={}, ts_ms=30_000),
+                drift_mutation(1, scores={}, alerts=[], reference={}, ts_ms=30_000)])
+    ranking = live.drift_ranking()["clusters"]
+    assert [(r["cluster"], r["kind"], r["severity"]) for r in ranking] == [
+        (2, "engagement", "critical"), (4, "transition", None), (1, None, None)]
+    assert live.cluster(2)["drift"]["alerts"] == [alert] and live.cluster(3)["drift"] is None
+    live.save_snapshot(tmp_path)
+    assert LiveIndex.load_snapshot(tmp_path).drift_ranking()["clusters"] == ranking
+    with pytest.raises(BadRequest):
+        live.drift_ranking(0)
