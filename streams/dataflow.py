@@ -10,6 +10,7 @@
                        -> events sink                       ClusteredEngagement
                        -> transitions (streams/transitions_stage.py) -> pairs sink   PairState
                        -> index mutations (streams/index_stage.py) -> mutations sink  Mutation
+                       -> drift monitor (streams/drift_stage.py) -> alerts sink  Alert; drift status -> mutations
                   -> events sink (without clustering)       Engagement | ContentEvent
 
 The events sink is where the next stages (transitions, drift, index) attach.
@@ -18,6 +19,9 @@ Every step is a named function that can be tested alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
@@ -25,6 +29,7 @@ from bytewax.outputs import Sink
 
 from streams.content_stage import ClusteringConfig, cluster_events
 from streams.contract import ContentEvent, DeadLetter, Engagement, Validator
+from streams.drift_stage import drift_alerts_and_status
 from streams.index_stage import index_mutations
 from streams.metrics import DEAD_LETTERS
 from streams.sinks import KeyedValue
@@ -52,6 +57,8 @@ def build_flow(
     items_sink: Sink | None = None,
     pairs_sink: Sink | None = None,
     mutations_sink: Sink | None = None,
+    drift_monitor: Callable[[], Any] | None = None,
+    alerts_sink: Sink | None = None,
     half_life_ms: int = 2 * 86_400_000,
     trend_window_ms: int = 86_400_000,
     flow_id: str = "driftrag",
@@ -72,11 +79,19 @@ def build_flow(
     if items_sink is not None:
         op.output("write_items", items, items_sink)
     op.output("write_events", clustered, events_sink)
-    if pairs_sink is None and mutations_sink is None:
+    if pairs_sink is None and mutations_sink is None and drift_monitor is None:
         return flow
-    _, pair_states = mine_successors(clustered, half_life_ms=half_life_ms, trend_window_ms=trend_window_ms)
+    triples, pair_states = mine_successors(clustered, half_life_ms=half_life_ms, trend_window_ms=trend_window_ms)
     if pairs_sink is not None:
         op.output("write_pairs", pair_states, pairs_sink)
+    drift_status = None
+    if drift_monitor is not None:
+        alerts, drift_status = drift_alerts_and_status(items, clustered, triples, drift_monitor)
+        if alerts_sink is not None:
+            op.output("write_alerts", alerts, alerts_sink)
     if mutations_sink is not None:
-        op.output("write_index_mutations", index_mutations(items, clustered, pair_states), mutations_sink)
+        mutations = index_mutations(items, clustered, pair_states)
+        if drift_status is not None:
+            mutations = op.merge("index_and_drift_mutations", mutations, drift_status)
+        op.output("write_index_mutations", mutations, mutations_sink)
     return flow

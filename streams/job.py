@@ -32,6 +32,7 @@ from streams.dataflow import build_flow
 from streams.metrics import EVENTS_VALID
 from streams.settings import Settings
 from streams.sinks import (
+    AlertSink,
     CallbackSink,
     Counter,
     CountingSink,
@@ -104,6 +105,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     clu.add_argument("--backend", help="embedding backend: auto, onnx, onnx-int8, torch (default: settings)")
     clu.add_argument("--model", help="sentence-transformers model name or path (default: all-MiniLM-L6-v2)")
     clu.add_argument("--codebook-dir", type=Path, help="codebook store (default: settings.clusters.codebook_dir)")
+    dr = p.add_argument_group("drift alerts")
+    dr.add_argument("--no-drift", action="store_true", help="no drift detection")
+    dr.add_argument("--webhook", metavar="URL", help="also POST each alert here (default: settings.drift.webhook_url)")
     api = p.add_argument_group("live index and query API (embedded and file modes; with Kafka: `driftrag serve`)")
     api.add_argument("--port", type=int, help="query API port (default: settings.index.port; 0: any free port)")
     api.add_argument("--host", help="query API host (default: settings.index.host)")
@@ -177,6 +181,9 @@ class Job:
         mutations_sink = None
         if self.clustering is not None:
             mutations_sink = self._mutations_sink()
+        self.webhook = None
+        self.alerts: list[Any] = []
+        drift_monitor, alerts_sink = self._drift(out)
         encode = event_to_json if self.clustering is None else clustered_to_json
         self._events_file = JsonlSink(out / "events.jsonl", encode=encode) if out is not None else None
         items_file = JsonlSink(out / "items.jsonl", encode=item_to_json) if out is not None else None
@@ -189,9 +196,42 @@ class Job:
             items_sink=CountingSink(items_file, self._count_items),
             pairs_sink=CallbackSink(self._keep_pairs),
             mutations_sink=mutations_sink,
+            drift_monitor=drift_monitor,
+            alerts_sink=alerts_sink,
             half_life_ms=settings.transitions.half_life_ms,
             trend_window_ms=settings.transitions.trend_window_ms,
         )
+
+    # -- drift -----------------------------------------------------------------------------------------------
+
+    def _drift(self, out: Path | None):  # noqa: ANN202
+        """(monitor factory, alerts sink), or (None, None) without clusters or with drift detection off."""
+        ds = self.settings.drift
+        if self.clustering is None or not ds.enabled or self.args.no_drift:
+            return None, None
+        from operators.drift import DriftConfig, DriftMonitor
+
+        url = self.args.webhook or ds.webhook_url
+        if url:
+            from streams.webhook import WebhookNotifier
+
+            self.webhook = WebhookNotifier(url, timeout_s=ds.webhook_timeout_s, max_attempts=ds.webhook_max_attempts)
+        k = self.settings.kafka
+        if self.mode == "kafka":
+            sink = AlertSink(kafka_config=k.client(), topic=k.topic("drift_alerts"), webhook=self.webhook,
+                             on_alerts=self._on_alerts)
+        else:
+            sink = AlertSink(path=out / "alerts.jsonl" if out is not None else None, webhook=self.webhook,
+                             on_alerts=self._on_alerts)
+        return (lambda: DriftMonitor(DriftConfig())), sink
+
+    def _on_alerts(self, alerts: list[Any]) -> None:
+        label = self.codebook.label
+        for a in alerts:
+            self.alerts.append(a)
+            self.counts.add(f"alert:{a.kind}:{a.severity}")
+            say(f"ALERT {a.severity} {a.kind} drift in cluster {a.cluster} \"{label(a.cluster)}\": score "
+                f"{a.score:.3g} (threshold {a.threshold:.3g}), event time {a.window_end_ms}")
 
     # -- live index ----------------------------------------------------------------------------------------
 
@@ -433,6 +473,8 @@ class Job:
             "triples": c.get("triples", 0),
             "pairs": len(self.pairs),
             "busiest_pairs": [self._pair_json(p) for p in self._busiest_pairs(3)],
+            "alerts": sum(v for k, v in c.items() if k.startswith("alert:")),
+            "alerts_by_kind": {k.split(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("alert:")},
             **self._index_summary(),
         }
 
@@ -502,6 +544,8 @@ class Job:
                 except KeyboardInterrupt:
                     pass
             self.server.stop()
+        if self.webhook is not None:
+            self.webhook.close()
         if self.args.out is not None:
             (self.args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             if self.clustering is not None:

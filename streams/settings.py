@@ -167,6 +167,15 @@ class IndexSettings(BaseModel):
     text_search: bool = True  # load the embedding model for /v1/search {"text": ...}
 
 
+class DriftSettings(BaseModel):
+    """Drift detection and alerting (operators/drift.py; alerts to the drift-alerts topic)."""
+
+    enabled: bool = True
+    webhook_url: str | None = None  # POST each alert's JSON here too (retries with backoff, never blocking)
+    webhook_max_attempts: int = Field(5, ge=1)
+    webhook_timeout_s: float = Field(5.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DRIFTRAG_", env_nested_delimiter="__", extra="ignore")
 
@@ -177,4 +186,5 @@ class Settings(BaseSettings):
     clusters: ClusterSettings = Field(default_factory=ClusterSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
     transitions: TransitionSettings = Field(default_factory=TransitionSettings)

@@ -111,6 +111,47 @@ class LiveIndexSink(DynamicSink[Any]):
         return _IndexPartition(self.live)
 
 
+class _AlertPartition(StatelessSinkPartition[Any]):
+    def __init__(self, kafka: _ProducerPartition | None, path: Path | None, webhook: Any,
+                 on_alerts: Any) -> None:
+        self._kafka = kafka
+        self._file = path.open("ab") if path is not None else None
+        self._webhook = webhook
+        self._on_alerts = on_alerts
+
+    def write_batch(self, items: list[Any]) -> None:
+        if self._kafka is not None:
+            self._kafka.write_batch([KeyedValue(*a.to_kafka()) for a in items])
+        if self._file is not None:
+            self._file.write(b"".join(a.to_kafka()[1] + b"\n" for a in items))
+            self._file.flush()
+        if self._webhook is not None:
+            for a in items:
+                self._webhook.notify(a)  # never blocks: a bounded queue in front of its own thread
+        if self._on_alerts is not None:
+            self._on_alerts(items)
+
+    def close(self) -> None:
+        if self._kafka is not None:
+            self._kafka.close()
+        if self._file is not None:
+            self._file.close()
+
+
+class AlertSink(DynamicSink[Any]):
+    """Drift alerts (:class:`operators.alerts.Alert`) to any of: the ``drift-alerts`` topic (keyed by cluster),
+    an ``alerts.jsonl`` file, a webhook notifier, a callback."""
+
+    def __init__(self, *, kafka_config: dict | None = None, topic: str | None = None, path: Path | None = None,
+                 webhook: Any = None, on_alerts: Any = None) -> None:
+        self.kafka = KafkaProducerSink(kafka_config, topic) if kafka_config is not None else None
+        self.path, self.webhook, self.on_alerts = path, webhook, on_alerts
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _AlertPartition:
+        kafka = self.kafka.build(step_id, worker_index, worker_count) if self.kafka is not None else None
+        return _AlertPartition(kafka, self.path, self.webhook, self.on_alerts)
+
+
 class _JsonlPartition(StatelessSinkPartition[Any]):
     def __init__(self, path: Path, encode) -> None:  # noqa: ANN001
         path.parent.mkdir(parents=True, exist_ok=True)
