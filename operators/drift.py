@@ -719,7 +719,10 @@ class DriftMonitor:
         return out
 
     def on_item(self, cluster: int, ts_ms: int, vector: np.ndarray, novel: bool) -> list[Alert]:
-        out = self.advance(ts_ms)
+        """A content item of ``cluster``. Its timestamp is a publish time, which may run ahead of the engagements
+        (a catalogue loaded in advance, scheduled content): it is counted in its own bucket but never moves event
+        time; engagements and triples do. Returns no alerts (kept a list for a uniform interface)."""
+        out: list[Alert] = []
         c = self._content.get(cluster)
         if c is None:
             cfg = self.config

@@ -76,9 +76,11 @@ def _feed(monitor: Any, obs: list[tuple]) -> tuple[list[Alert], int | None]:
                 alerts += monitor.on_item(o[1], o[2], o[3], o[4])
         for cluster, (n, pos, ts) in engaged.items():
             alerts += monitor.on_engagements(cluster, ts, n, pos)
-        top = max(o[2] if o[0] != "t" else o[4] for o in by_bucket[b])
-        latest = top if latest is None or top > latest else latest
-        alerts += monitor.advance(top)
+        # Event time moves with engagements (and their triples), never with content publish times.
+        top = max((o[2] if o[0] == "e" else o[4] for o in by_bucket[b] if o[0] != "i"), default=None)
+        if top is not None:
+            latest = top if latest is None or top > latest else latest
+            alerts += monitor.advance(top)
     return alerts, latest
 
 
