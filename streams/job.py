@@ -209,7 +209,7 @@ class Job:
         ds = self.settings.drift
         if self.clustering is None or not ds.enabled or self.args.no_drift:
             return None, None
-        from operators.drift import DriftConfig, DriftMonitor
+        from operators.drift import DriftMonitor
 
         url = self.args.webhook or ds.webhook_url
         if url:
@@ -223,7 +223,8 @@ class Job:
         else:
             sink = AlertSink(path=out / "alerts.jsonl" if out is not None else None, webhook=self.webhook,
                              on_alerts=self._on_alerts)
-        return (lambda: DriftMonitor(DriftConfig())), sink
+        config = ds.config()  # invalid overrides fail here, before the dataflow starts
+        return (lambda: DriftMonitor(config)), sink
 
     def _on_alerts(self, alerts: list[Any]) -> None:
         label = self.codebook.label

@@ -13,6 +13,7 @@ Every value can come from the environment (prefix ``DRIFTRAG_``, nested fields j
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -174,6 +175,19 @@ class DriftSettings(BaseModel):
     webhook_url: str | None = None  # POST each alert's JSON here too (retries with backoff, never blocking)
     webhook_max_attempts: int = Field(5, ge=1)
     webhook_timeout_s: float = Field(5.0, gt=0)
+    # Per-kind overrides of operators.drift.DriftConfig (kinds: transition, engagement, content, volume).
+    warning: dict[str, float] = Field(default_factory=dict)  # score at which an alert opens (signal units)
+    critical: dict[str, float] = Field(default_factory=dict)  # score at which it escalates
+    min_support: dict[str, int] = Field(default_factory=dict)  # observations a window needs to be scored
+    cooldown_ms: int | None = Field(None, ge=0)  # no new alert of a (cluster, kind) this long after one opened
+
+    def config(self) -> Any:
+        """The DriftConfig these settings describe (defaults: the calibrated ones, see bench/drift_eval.py)."""
+        from operators.drift import DriftConfig
+
+        d = DriftConfig()
+        return DriftConfig(warning={**d.warning, **self.warning}, critical={**d.critical, **self.critical},
+                           min_support={**d.min_support, **self.min_support}, cooldown_ms=self.cooldown_ms)
 
 
 class Settings(BaseSettings):
