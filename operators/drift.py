@@ -602,6 +602,10 @@ class DriftConfig:
     # reference_ms, the time the rolling reference takes to move past the drift's start (no second alert while
     # the reference still holds the old state).
     cooldown_ms: int | None = None
+    # How often each kind is re-scored (event time; multiples of bucket_ms). Transition and content windows are a
+    # day or two long: scoring them every hour cost most of the monitor's time and moved detection little.
+    evaluate_every_ms: dict[str, int] = field(default_factory=lambda: {
+        "transition": 4 * HOUR_MS, "engagement": HOUR_MS, "content": 2 * HOUR_MS, "volume": HOUR_MS})
 
     def __post_init__(self) -> None:
         _check_positive("bucket_ms", self.bucket_ms)
@@ -687,6 +691,7 @@ class DriftMonitor:
         self._open: dict[tuple[int, str], Alert] = {}
         self._scores: dict[int, dict[str, float]] = {}
         self._last: dict[tuple[int, str], dict[str, Any]] = {}
+        self._eval_slots: dict[str, int] = {}  # kind -> evaluate_every_ms slot last scored (see _due)
         self._now: int | None = None
         self._evaluated: int | None = None  # the last bucket boundary evaluated
         self._mark: tuple[int, str] | None = None  # (since_ms, reason)
@@ -796,26 +801,41 @@ class DriftMonitor:
 
     # -- evaluation ----------------------------------------------------------------------------------------
 
+    def _due(self, kind: str, now: int) -> bool:
+        """Whether ``kind`` is re-scored at ``now`` (else its last results stand)."""
+        slot = now // self.config.evaluate_every_ms.get(kind, self.config.bucket_ms)
+        if self._eval_slots.get(kind) == slot:
+            return False
+        self._eval_slots[kind] = slot
+        return True
+
     def _evaluate(self, now: int) -> list[Alert]:
         results: dict[tuple[int, str], dict[str, Any]] = {}
-        for c, e in self._engagement.items():
-            r = e.evaluate(now, self._window("engagement", now))
-            if r is not None:
-                results[(c, "engagement")] = r
-        for c, ct in self._content.items():
-            r = ct.evaluate(self._window("content", now))
-            if r is not None:
-                results[(c, "content")] = r
-        win = self._window("volume", now)
-        counts = self._volume.counts(win)
-        self._volume.prune(now)
-        for c in set(counts[0]) | set(counts[1]):
-            if c is not None:
-                r = self._volume.evaluate(c, win, counts)
+        due = {kind: self._due(kind, now) for kind in KINDS}
+        for key, r in self._last.items():  # kinds not re-scored now keep their last results
+            if not due[key[1]]:
+                results[key] = r
+        if due["engagement"]:
+            for c, e in self._engagement.items():
+                r = e.evaluate(now, self._window("engagement", now))
                 if r is not None:
-                    results[(c, "volume")] = r
+                    results[(c, "engagement")] = r
+        if due["content"]:
+            for c, ct in self._content.items():
+                r = ct.evaluate(self._window("content", now))
+                if r is not None:
+                    results[(c, "content")] = r
+        if due["volume"]:
+            win = self._window("volume", now)
+            counts = self._volume.counts(win)
+            self._volume.prune(now)
+            for c in set(counts[0]) | set(counts[1]):
+                if c is not None:
+                    r = self._volume.evaluate(c, win, counts)
+                    if r is not None:
+                        results[(c, "volume")] = r
         tw = self._window("transition", now)
-        for pair in list(self._pairs):
+        for pair in list(self._pairs) if due["transition"] else ():
             t = self._pairs[pair]
             r = t.evaluate(tw)
             if t.empty and self._frozen(now) is None:
