@@ -133,6 +133,27 @@ def world(tmp_path_factory):
             "busiest": busiest, "codebooks": codebooks, "last_ts": max(m.ts_ms for m in messages)}
 
 
+def _read_topic(settings, topic: str) -> list[tuple[bytes, bytes]]:  # noqa: ANN001
+    """Every (key, value) of a topic, read to its end."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    md = AdminClient(settings.kafka.client()).list_topics(topic, timeout=10)
+    tps = [TopicPartition(topic, p, 0) for p in md.topics[topic].partitions]
+    c = Consumer(settings.kafka.client(**{"group.id": "test-drift", "enable.partition.eof": True}))
+    c.assign(tps)
+    out, eof = [], 0
+    while eof < len(tps):
+        for m in c.consume(500, 1.0):
+            if m.error() is not None:
+                assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
+                eof += 1
+                continue
+            out.append((m.key(), m.value()))
+    c.close()
+    return out
+
+
 def _true_top(gt, pair) -> int:  # noqa: ANN001
     truth = gt["successors"]["initial"][f"{pair[0]},{pair[1]}"]
     return int(max(truth, key=truth.get))
@@ -227,6 +248,16 @@ def test_context_follows_kafka_and_a_restarted_service_answers_the_same(world, k
         assert history == other
         print(f"first correct answers after {first_answer_s:.1f}s; restarted replica == fresh replica on "
               f"{len(probe)} pairs")
+
+        # Drift alerts: the planted transition drift is on the drift-alerts topic (keyed by cluster, the brief's
+        # JSON) and the query service ranks drifting clusters.
+        alerts = [orjson.loads(v) for k, v in _read_topic(kafka_settings, kafka_settings.kafka.topic("drift_alerts"))]
+        transition = [x for x in alerts if x["kind"] == "transition" and x["cluster"] == pair[1]
+                      and x["evidence"]["pair"] == pair]
+        assert transition, [(x["kind"], x["cluster"]) for x in alerts]
+        assert {x["kind"] for x in alerts} == {"transition", "engagement", "content", "volume"}
+        ranking = a.drift()["clusters"]
+        assert ranking and ranking[0]["score"] >= ranking[-1]["score"]
     finally:
         for p in procs:
             _stop(p)
