@@ -56,6 +56,10 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._data)
 
+    def __contains__(self, text: object) -> bool:
+        """A peek: counts neither a hit nor a miss and does not refresh the entry's recency."""
+        return isinstance(text, str) and content_key(text) in self._data
+
     @property
     def hit_rate(self) -> float:
         total = self.hits + self.misses

@@ -16,7 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "topics": ("streams.topics", "create (idempotently) or list the project's Kafka topics"),
     "generate": ("streams.generator", "write a drifting synthetic workload to JSONL files or Kafka"),
     "run": ("streams.job", "run the stream job (Kafka, files, or --embedded with no Kafka)"),
+    "replay": ("streams.replay", "run the same dataflow over event files in event-time order; write what it produced"),
     "clusters": ("streams.clusters_cli", "build, show or list interest-cluster codebooks"),
+    "eval": ("streams.eval_cli", "the paper's offline hit-rate experiment on a replayed stream (report + plot)"),
+    "export-ft": ("streams.export_ft", "write a fine-tuning dataset [(c1, c2) -> c_next] from the successor state"),
     "serve": ("streams.serve", "query service: follow the index changelog topic and serve the context API"),
 }
 

@@ -83,6 +83,11 @@ class ProcessEmbedder:
         cache = self.config.cache if self.config.cache is not None else EmbeddingCache(self.config.cache_entries)
         return ContentEmbedder(self.config.embedder_factory(), self.config.codebook, cache)
 
+    def known(self, text: str) -> bool:
+        """Whether the text's vector is cached (a peek: no hit or miss is counted)."""
+        with self._lock:
+            return text in self.content.cache
+
     def embed(self, batch: list[ContentEvent]) -> list[EmbeddedItem]:
         t0 = time.perf_counter()
         with self._lock:
@@ -97,13 +102,22 @@ class ProcessEmbedder:
 
 
 class MicroBatchLogic(StatefulLogic):
-    """Bytewax stateful logic around :class:`MicroBatcher`: closes batches on size, on the latency timer, at EOF."""
+    """Bytewax stateful logic around :class:`MicroBatcher`: closes batches on size, on the latency timer, at EOF.
 
-    def __init__(self, batcher: MicroBatcher, clock: Callable[[], float] = time.monotonic) -> None:
+    A text whose vector is already cached (``known``) goes straight through when no batch is open: it costs no
+    model call, so waiting for the latency budget would only delay it. Because it never overtakes a waiting
+    text, content keeps its order; and a replay whose texts are all cached is independent of wall-clock timing.
+    """
+
+    def __init__(self, batcher: MicroBatcher, clock: Callable[[], float] = time.monotonic,
+                 known: Callable[[str], bool] | None = None) -> None:
         self.batcher = batcher
         self.clock = clock
+        self.known = known
 
     def on_item(self, value: Any) -> tuple[list[list[Any]], bool]:
+        if self.known is not None and self.batcher.deadline is None and self.known(value.text):
+            return [[value]], StatefulLogic.RETAIN
         full = self.batcher.add(value, self.clock())
         return ([full] if full else []), StatefulLogic.RETAIN
 
@@ -175,7 +189,7 @@ def cluster_events(events: Stream[Engagement | ContentEvent], config: Clustering
         return [(str(zlib.crc32(c.item_id.encode()) % shards), c) for c in contents if c is not None]
 
     keyed = op.flat_map_batch("shard_content", events, shard_content)
-    batches = op.stateful("micro_batch", keyed, lambda resume: _micro_batch_logic(config, resume))
+    batches = op.stateful("micro_batch", keyed, lambda resume: _micro_batch_logic(config, resume, embedder.known))
     items = op.flat_map("embed_and_assign", batches, lambda kv: embedder.embed(kv[1]))
     joined_in = op.merge(
         "items_and_engagements",
@@ -188,7 +202,8 @@ def cluster_events(events: Stream[Engagement | ContentEvent], config: Clustering
     return items, op.flat_map_batch("unkey", clustered, unkey)
 
 
-def _micro_batch_logic(config: ClusteringConfig, resume: list[Any] | None) -> MicroBatchLogic:
+def _micro_batch_logic(config: ClusteringConfig, resume: list[Any] | None,
+                       known: Callable[[str], bool] | None = None) -> MicroBatchLogic:
     batcher: MicroBatcher[ContentEvent] = MicroBatcher(config.max_batch, config.max_latency_s)
     batcher.restore(resume or [], time.monotonic())
-    return MicroBatchLogic(batcher)
+    return MicroBatchLogic(batcher, known=known)

@@ -11,6 +11,7 @@
                        -> transitions (streams/transitions_stage.py) -> pairs sink   PairState
                        -> index mutations (streams/index_stage.py) -> mutations sink  Mutation
                        -> drift monitor (streams/drift_stage.py) -> alerts sink  Alert; drift status -> mutations
+                            + cadence controller                     -> cadence sink CadenceEvent
                   -> events sink (without clustering)       Engagement | ContentEvent
 
 The events sink is where the next stages (transitions, drift, index) attach.
@@ -59,6 +60,8 @@ def build_flow(
     mutations_sink: Sink | None = None,
     drift_monitor: Callable[[], Any] | None = None,
     alerts_sink: Sink | None = None,
+    cadence: Callable[[], Any] | None = None,
+    cadence_sink: Sink | None = None,
     half_life_ms: int = 2 * 86_400_000,
     trend_window_ms: int = 86_400_000,
     flow_id: str = "driftrag",
@@ -86,9 +89,12 @@ def build_flow(
         op.output("write_pairs", pair_states, pairs_sink)
     drift_status = None
     if drift_monitor is not None:
-        alerts, drift_status = drift_alerts_and_status(items, clustered, triples, drift_monitor)
+        alerts, drift_status, cadence_events = drift_alerts_and_status(items, clustered, triples, drift_monitor,
+                                                                       cadence)
         if alerts_sink is not None:
             op.output("write_alerts", alerts, alerts_sink)
+        if cadence_sink is not None:
+            op.output("write_cadence", cadence_events, cadence_sink)
     if mutations_sink is not None:
         mutations = index_mutations(items, clustered, pair_states)
         if drift_status is not None:

@@ -5,6 +5,9 @@
       -> monitor_drift        one DriftMonitor over every cluster (volume is a share of all traffic)
            -> Alert                          -> drift-alerts topic / alerts.jsonl, webhook, metrics
            -> drift:{cluster} mutation       -> the live index (GET /v1/drift, /v1/clusters/{id})
+      -> (same step) CadenceController over the triples
+           -> CadenceEvent (rag_refresh | fine_tune) -> cadence topic / cadence.jsonl, metrics
+              a fine-tune re-bases the monitor: drift is then measured against what the new model learned
 
 The monitor sees all clusters, so it is one keyed step; it gets whole batches (one call per batch, a few
 Python-level calls per event), which keeps it off the per-event Bytewax path.
@@ -21,6 +24,7 @@ from prometheus_client import Counter, Gauge
 
 from index.mutations import Mutation, drift_mutation
 from operators.alerts import KINDS, Alert
+from operators.cadence import CadenceEvent
 from operators.content import EmbeddedItem
 from streams.content_stage import ClusteredEngagement
 from streams.transitions_stage import Triple
@@ -28,6 +32,9 @@ from streams.transitions_stage import Triple
 __all__ = ["DRIFT_ALERTS", "drift_alerts_and_status", "observe"]
 
 DRIFT_ALERTS = Counter("driftrag_drift_alerts_total", "Drift alerts raised", ["kind", "severity"])
+CADENCE_EVENTS = Counter("driftrag_cadence_events_total", "Cadence signals emitted", ["kind"])
+CADENCE_PAIRS = Counter("driftrag_cadence_pairs_refreshed_total", "Pair rows a RAG refresh signal asked to re-infer")
+CADENCE_DEBT = Gauge("driftrag_cadence_drift_debt", "Drift debt accrued since the last fine-tune (cost units)")
 DRIFT_SCORE = Gauge("driftrag_drift_score_max", "Largest current drift score over clusters (1 = warning)",
                     ["kind"])
 
@@ -47,19 +54,69 @@ def observe(batch: list[EmbeddedItem | ClusteredEngagement | Triple]) -> list[tu
     return [("drift", obs)] if obs else []
 
 
-def _feed(monitor: Any, obs: list[tuple]) -> tuple[list[Alert], int | None]:
-    """Feed a batch hour bucket by hour bucket (the monitor evaluates only at bucket boundaries, so order within a
-    bucket does not matter), engagements summed per cluster: one monitor call per cluster and hour, not per event."""
+# How far event time may run ahead of the triples before the monitor stops waiting for them (a stream whose
+# positive transitions stopped must still be scored).
+MAX_TRIPLE_LAG_MS = 86_400_000
+
+
+class Hold:
+    """Observations waiting for their hour bucket to be complete in both streams the monitor reads.
+
+    Clustered engagements and the triples mined from them reach the monitor by different paths, so a batch's
+    triples can arrive after the engagements of later hours. A bucket is fed only when both streams have moved
+    past it (engagements past it, and triples past it or at most ``MAX_TRIPLE_LAG_MS`` behind): then every
+    evaluation sees complete hours, and the alerts depend on the events alone, not on how they were batched
+    (a replay and a Kafka run agree). Content waits the same way, so items published ahead are counted when event
+    time reaches them."""
+
+    __slots__ = ("engagements_ms", "pending", "triples_ms")
+
+    def __init__(self) -> None:
+        self.engagements_ms: int | None = None
+        self.triples_ms: int | None = None
+        self.pending: dict[int, list[tuple]] = {}
+
+    def add(self, obs: list[tuple], bucket_ms: int) -> list[list[tuple]]:
+        """Take a batch; return the complete buckets' observations, oldest bucket first."""
+        pending = self.pending
+        for o in obs:
+            kind = o[0]
+            ts = o[4] if kind == "t" else o[2]
+            pending.setdefault(ts // bucket_ms, []).append(o)
+            if kind == "e":
+                if self.engagements_ms is None or ts > self.engagements_ms:
+                    self.engagements_ms = ts
+            elif kind == "t" and (self.triples_ms is None or ts > self.triples_ms):
+                self.triples_ms = ts
+        e = self.engagements_ms
+        if e is None:
+            return []
+        t = e - MAX_TRIPLE_LAG_MS if self.triples_ms is None else max(self.triples_ms, e - MAX_TRIPLE_LAG_MS)
+        upto = min(e, t) // bucket_ms
+        return [pending.pop(b) for b in sorted(b for b in pending if b < upto)]
+
+
+def _ts_key(o: tuple) -> tuple:
+    return (o[4], o[1], o[2], o[3]) if o[0] == "t" else (o[2], o[1])
+
+
+def _feed(monitor: Any, obs: list[tuple], cadence: Any = None, hold: Hold | None = None
+          ) -> tuple[list[Any], int | None]:
+    """Feed complete hour buckets (see :class:`Hold`), oldest first, each in a canonical order (event time, then
+    cluster), engagements summed per cluster: one monitor call per cluster and hour, not per event.
+    The cadence controller, when given, sees the triples and the same event time; its events join the alerts."""
     bucket_ms = monitor.config.bucket_ms
-    by_bucket: dict[int, list[tuple]] = {}
-    for o in obs:
-        ts = o[2] if o[0] != "t" else o[4]
-        by_bucket.setdefault(ts // bucket_ms, []).append(o)
-    alerts: list[Alert] = []
+    if hold is None:
+        hold = Hold()
+        buckets = hold.add(obs, bucket_ms) + [hold.pending[b] for b in sorted(hold.pending)]  # feed everything
+    else:
+        buckets = hold.add(obs, bucket_ms)
+    alerts: list[Any] = []
     latest = None
-    for b in sorted(by_bucket):
+    for rows in buckets:
+        rows.sort(key=_ts_key)
         engaged: dict[int, list[int]] = {}  # cluster -> [n, positive, latest ts]
-        for o in by_bucket[b]:
+        for o in rows:
             kind = o[0]
             if kind == "e":
                 row = engaged.get(o[1])
@@ -72,25 +129,44 @@ def _feed(monitor: Any, obs: list[tuple]) -> tuple[list[Alert], int | None]:
                         row[2] = o[2]
             elif kind == "t":
                 alerts += monitor.on_triple(o[1], o[2], o[3], o[4])
+                if cadence is not None:
+                    alerts += _cadence_events(cadence.on_triple(o[1], o[2], o[3], o[4]), monitor)
             else:
                 alerts += monitor.on_item(o[1], o[2], o[3], o[4])
-        for cluster, (n, pos, ts) in engaged.items():
+        for cluster in sorted(engaged):
+            n, pos, ts = engaged[cluster]
             alerts += monitor.on_engagements(cluster, ts, n, pos)
         # Event time moves with engagements (and their triples), never with content publish times.
-        top = max((o[2] if o[0] == "e" else o[4] for o in by_bucket[b] if o[0] != "i"), default=None)
+        top = max((o[2] if o[0] == "e" else o[4] for o in rows if o[0] != "i"), default=None)
         if top is not None:
             latest = top if latest is None or top > latest else latest
             alerts += monitor.advance(top)
+            if cadence is not None:
+                alerts += _cadence_events(cadence.advance(top), monitor)
     return alerts, latest
 
 
-def _monitor_step(make_monitor: Callable[[], Any]):  # noqa: ANN202
-    def step(state: tuple | None, obs: list[tuple]) -> tuple[tuple, list[Alert | Mutation]]:
-        monitor, last_scores = state if state is not None else (make_monitor(), {})
-        alerts, latest = _feed(monitor, obs)
+def _cadence_events(events: list[Any], monitor: Any) -> list[Any]:
+    for ev in events:
+        CADENCE_EVENTS.labels(ev.kind).inc()
+        if ev.kind == "fine_tune":
+            monitor.mark_reference(ev.ts_ms, "fine-tune")
+        else:
+            CADENCE_PAIRS.inc(len(ev.pairs))
+    return events
+
+
+def _monitor_step(make_monitor: Callable[[], Any], make_cadence: Callable[[], Any] | None = None):  # noqa: ANN202
+    def step(state: tuple | None, obs: list[tuple]) -> tuple[tuple, list[Any]]:
+        if state is None:
+            state = (make_monitor(), {}, make_cadence() if make_cadence is not None else None, Hold())
+        monitor, last_scores, cadence, hold = state
+        out, latest = _feed(monitor, obs, cadence, hold)
+        alerts = [a for a in out if type(a) is Alert]
         for a in alerts:
             DRIFT_ALERTS.labels(a.kind, a.severity).inc()
-        out: list[Alert | Mutation] = list(alerts)
+        if cadence is not None:
+            CADENCE_DEBT.set(cadence.debt)
         scores = monitor.scores()
         changed = {c for c, s in scores.items() if last_scores.get(c) != _rounded(s)}
         changed |= {a.cluster for a in alerts}
@@ -101,7 +177,7 @@ def _monitor_step(make_monitor: Callable[[], Any]):  # noqa: ANN202
             last_scores[c] = _rounded(scores.get(c, {}))
         for kind in KINDS:
             DRIFT_SCORE.labels(kind).set(max((s.get(kind, 0.0) for s in scores.values()), default=0.0))
-        return (monitor, last_scores), out
+        return (monitor, last_scores, cadence, hold), out
 
     return step
 
@@ -115,12 +191,16 @@ def _alert_json(a: Any) -> dict[str, Any]:
 
 
 def drift_alerts_and_status(items: Stream[EmbeddedItem], clustered: Stream[ClusteredEngagement],
-                            triples: Stream[Triple], make_monitor: Callable[[], Any]
-                            ) -> tuple[Stream[Alert], Stream[Mutation]]:
-    """Wire the drift monitor; returns (alerts, drift status mutations for the live index)."""
+                            triples: Stream[Triple], make_monitor: Callable[[], Any],
+                            make_cadence: Callable[[], Any] | None = None
+                            ) -> tuple[Stream[Alert], Stream[Mutation], Stream[Any]]:
+    """Wire the drift monitor (and the cadence controller); returns (alerts, drift status mutations for the live
+    index, cadence events)."""
     merged = op.merge("drift_inputs", items, clustered, triples)
     keyed = op.flat_map_batch("drift_observations", merged, observe)
-    out = op.flat_map_batch("unkey_drift", op.stateful_flat_map("monitor_drift", keyed, _monitor_step(make_monitor)),
+    step = _monitor_step(make_monitor, make_cadence)
+    out = op.flat_map_batch("unkey_drift", op.stateful_flat_map("monitor_drift", keyed, step),
                             lambda batch: [v for _, v in batch])
     split = op.branch("split_alerts", out, lambda x: type(x) is Alert)
-    return split.trues, split.falses
+    rest = op.branch("split_cadence", split.falses, lambda x: type(x) is CadenceEvent)
+    return split.trues, rest.falses, rest.trues

@@ -24,7 +24,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 from prometheus_client import REGISTRY
 
-from operators.content import EmbeddedItem
+from operators.content import ContentEmbedder, EmbeddedItem
 from operators.embedding import make_embedder, model_id
 from streams.content_stage import ClusteredEngagement, ClusteringConfig
 from streams.contract import ContentEvent, Engagement, RawMessage, Validator
@@ -42,7 +42,7 @@ from streams.sinks import (
     KeyedValue,
     LiveIndexSink,
 )
-from streams.sources import GeneratorSource, JsonlFileSource, KafkaRawSource
+from streams.sources import EventTimeFileSource, GeneratorSource, JsonlFileSource, KafkaRawSource
 from streams.transitions_stage import PairState
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     clu.add_argument("--backend", help="embedding backend: auto, onnx, onnx-int8, torch (default: settings)")
     clu.add_argument("--model", help="sentence-transformers model name or path (default: all-MiniLM-L6-v2)")
     clu.add_argument("--codebook-dir", type=Path, help="codebook store (default: settings.clusters.codebook_dir)")
+    clu.add_argument("--warm-cache", type=Path, action="append", metavar="FILE.jsonl",
+                     help="embed the content texts of this JSONL file (content events or engagements with text) "
+                     "before the stream starts: a restart onto a known catalogue does not wait on the model "
+                     "(repeatable)")
     dr = p.add_argument_group("drift alerts")
     dr.add_argument("--no-drift", action="store_true", help="no drift detection")
     dr.add_argument("--webhook", metavar="URL", help="also POST each alert here (default: settings.drift.webhook_url)")
@@ -140,6 +144,9 @@ class Job:
     def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
         self.settings = settings = _apply_overrides(args, settings)
         self.args = args
+        # `driftrag replay`: files merged in event-time order, every text embedded before the stream starts
+        # (so no engagement waits on a model call), one worker: the result depends on the events alone.
+        self.replay = bool(getattr(args, "replay", False))
         self.counts = Counter()
         k = settings.kafka
         self.validator = Validator.from_settings(settings)
@@ -155,10 +162,12 @@ class Job:
                 batch_size=batch, rate=args.rate, max_seconds=args.duration)
         elif args.events is not None:
             self.mode = "files"
-            files = {k.topic("engagements"): args.events}
-            if args.items is not None:
-                files[k.topic("items")] = args.items
-            self.source = JsonlFileSource(files, batch_size=batch)
+            files = {k.topic("items"): args.items} if args.items is not None else {}
+            files[k.topic("engagements")] = args.events  # after content: ties in event time go to content
+            if self.replay:
+                self.source = EventTimeFileSource(files, batch_size=batch)
+            else:
+                self.source = JsonlFileSource(files, batch_size=batch)
         else:
             self.mode = "kafka"
             self.source = KafkaRawSource(
@@ -183,7 +192,9 @@ class Job:
             mutations_sink = self._mutations_sink()
         self.webhook = None
         self.alerts: list[Any] = []
+        self.finetunes: list[int] = []
         drift_monitor, alerts_sink = self._drift(out)
+        cadence, cadence_sink = self._cadence(out) if drift_monitor is not None else (None, None)
         encode = event_to_json if self.clustering is None else clustered_to_json
         self._events_file = JsonlSink(out / "events.jsonl", encode=encode) if out is not None else None
         items_file = JsonlSink(out / "items.jsonl", encode=item_to_json) if out is not None else None
@@ -198,6 +209,8 @@ class Job:
             mutations_sink=mutations_sink,
             drift_monitor=drift_monitor,
             alerts_sink=alerts_sink,
+            cadence=cadence,
+            cadence_sink=cadence_sink,
             half_life_ms=settings.transitions.half_life_ms,
             trend_window_ms=settings.transitions.trend_window_ms,
         )
@@ -225,6 +238,31 @@ class Job:
                              on_alerts=self._on_alerts)
         config = ds.config()  # invalid overrides fail here, before the dataflow starts
         return (lambda: DriftMonitor(config)), sink
+
+    def _cadence(self, out: Path | None):  # noqa: ANN202
+        """(controller factory, sink) of the hybrid update cadence, or (None, None) when it is off."""
+        cs = self.settings.cadence
+        if not cs.enabled:
+            return None, None
+        from operators.cadence import CadenceController
+
+        config = cs.config(self.settings.transitions.half_life_ms)  # bad settings fail here, before the flow
+        k = self.settings.kafka
+        if self.mode == "kafka":
+            sink = AlertSink(kafka_config=k.client(), topic=k.topic("cadence"), on_alerts=self._on_cadence)
+        else:
+            sink = AlertSink(path=out / "cadence.jsonl" if out is not None else None, on_alerts=self._on_cadence)
+        return (lambda: CadenceController(config)), sink
+
+    def _on_cadence(self, events: list[Any]) -> None:
+        for ev in events:
+            self.counts.add(f"cadence:{ev.kind}")
+            if ev.kind == "fine_tune":
+                self.finetunes.append(ev.ts_ms)
+                say(f"FINE-TUNE due at event time {ev.ts_ms}: {ev.reason}")
+            else:
+                self.counts.add("cadence_pairs_refreshed", len(ev.pairs))
+                log.info("RAG refresh at %d: %s", ev.ts_ms, ev.reason)
 
     def _on_alerts(self, alerts: list[Any]) -> None:
         label = self.codebook.label
@@ -311,15 +349,50 @@ class Job:
     def _clustering(self) -> ClusteringConfig:
         es, cs = self.settings.embedding, self.settings.clusters
         embedder = functools.cache(lambda: make_embedder(es.backend, es.model, batch_size=es.batch_size))
-        self.codebook = self._codebook(embedder, cs)
+        warm = [p for p in (self.args.items, self.args.events) if p is not None] if self.replay else []
+        warm += getattr(self.args, "warm_cache", None) or []
+        cache = self._embed_all_texts(embedder, warm) if warm else None
+        self.codebook = self._codebook(embedder, cs, cache)
         n_proc = len(self.args.addresses.split(";")) if self.args.addresses else 1
         return ClusteringConfig(
             embedder_factory=embedder, codebook=self.codebook, max_batch=es.batch_size,
             max_latency_s=es.max_latency_ms / 1000, cache_entries=es.cache_entries,
             max_pending=es.max_pending_per_item, max_wait_ms=es.max_wait_ms,
-            shards=n_proc * self.settings.run.workers_per_process)
+            shards=n_proc * self.settings.run.workers_per_process, cache=cache)
 
-    def _codebook(self, embedder, cs):  # noqa: ANN001, ANN202
+    def _embed_all_texts(self, embedder, paths: list[Path]):  # noqa: ANN001, ANN202
+        """Embed every distinct content text of these JSONL files (content events, and engagements' inline text) up
+        front, in large batches, into the cache the content stage starts from: the job then never waits on the
+        model for them. Replay does this for its own files; `--warm-cache` for a known catalogue."""
+        from operators.embedding_cache import EmbeddingCache
+
+        texts: dict[str, None] = {}
+        k = self.settings.kafka
+        topics = (k.topic("items"), k.topic("engagements"))
+        for path in paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"file not found: {path}")
+            with path.open("rb") as f:
+                for n, line in enumerate(f):
+                    line = line.rstrip(b"\r\n")
+                    for topic in topics:  # a content event, else an engagement that may carry its item's text
+                        ev = self.validator.validate(RawMessage(topic, 0, n, None, line))
+                        if type(ev) in (ContentEvent, Engagement):
+                            if ev.text is not None:
+                                texts[ev.text] = None
+                            break
+        emb = embedder()
+        cache = EmbeddingCache(max(self.settings.embedding.cache_entries, len(texts)))
+        todo, chunk, t0 = list(texts), 4096, time.monotonic()
+        for i in range(0, len(todo), chunk):
+            part = todo[i:i + chunk]
+            for t, v in zip(part, emb.encode(part), strict=True):
+                cache.put(t, v)
+            say(f"embedded {min(i + chunk, len(todo)):,}/{len(todo):,} known content texts ({emb.name}, "
+                f"{time.monotonic() - t0:.1f}s)")
+        return cache
+
+    def _codebook(self, embedder, cs, cache=None):  # noqa: ANN001, ANN202
         """The current codebook of the store; without one, bootstrap it from this run's own content."""
         from index.codebooks import CodebookStore
         from operators.clusters import build_codebook
@@ -340,7 +413,8 @@ class Job:
         emb = embedder()
         say(f"no codebook in {cs.codebook_dir}: bootstrapping {cs.k} clusters from {len(texts):,} items "
             f"({emb.name})")
-        cb = build_codebook(emb.encode(texts), texts, cs.k, model=model_id(self.settings.embedding.model))
+        vectors = emb.encode(texts) if cache is None else ContentEmbedder(emb, None, cache).vectors(texts)
+        cb = build_codebook(vectors, texts, cs.k, model=model_id(self.settings.embedding.model))
         labels = "; ".join(f"{c}: {cb.label(c)}" for c in range(min(cb.k, 4))) + (" ..." if cb.k > 4 else "")
         if self.mode == "kafka":  # a deployment keeps it: restarts and other processes use the same clusters
             store.save(cb)
@@ -428,6 +502,11 @@ class Job:
         if self.clustering is None:
             return
         self.counts.add("clustered_engagements", len(items))
+        per: dict[int, int] = {}
+        for ce in items:
+            per[ce.cluster] = per.get(ce.cluster, 0) + 1
+        for cluster, n in per.items():
+            self.counts.add(f"cluster_engagements:{cluster}", n)
 
     def _count_items(self, items: list[EmbeddedItem]) -> None:
         self.counts.add("items_assigned", len(items))
@@ -447,7 +526,7 @@ class Job:
         valid = c.get("engagements", 0) + c.get("items", 0)
         total = valid + sum(dead.values())
         return {
-            "mode": self.mode,
+            "mode": "replay" if self.replay else self.mode,
             "messages": total,
             "engagements": c.get("engagements", 0),
             "content_events": c.get("items", 0),
@@ -475,6 +554,9 @@ class Job:
             "pairs": len(self.pairs),
             "busiest_pairs": [self._pair_json(p) for p in self._busiest_pairs(3)],
             "alerts": sum(v for k, v in c.items() if k.startswith("alert:")),
+            "cadence": {"rag_refresh": c.get("cadence:rag_refresh", 0),
+                        "pairs_refreshed": c.get("cadence_pairs_refreshed", 0),
+                        "fine_tune": c.get("cadence:fine_tune", 0), "fine_tune_ms": list(self.finetunes)},
             "alerts_by_kind": {k.split(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("alert:")},
             **self._index_summary(),
         }
@@ -491,13 +573,25 @@ class Job:
         with self._pairs_lock:
             return sorted(self.pairs.values(), key=lambda s: (-s.support, s.pair))[:n]
 
-    def _pair_json(self, st: PairState) -> dict[str, Any]:
+    def _clusters_json(self) -> dict[str, Any]:
+        """The codebook's clusters with what this run saw of them: items, novel items, engagements, drift."""
+        c = self.counts.snapshot()
+        drift = {} if self.live is None else self.live.drift
+        cb = self.codebook
+        return {"codebook": cb.version, "model": cb.model, "k": cb.k, "clusters": [
+            {"cluster": i, "label": cb.label(i), "keywords": list(cb.keywords[i]),
+             "items": c.get(f"cluster_items:{i}", 0), "engagements": c.get(f"cluster_engagements:{i}", 0),
+             "drift": drift.get(i)} for i in range(cb.k)]}
+
+    def _pair_json(self, st: PairState, top_k: int | None = -1) -> dict[str, Any]:
+        """A pair's state as JSON: its ``top_k`` successors (default: settings.transitions.top_k; None: all)."""
         label = self.codebook.label
+        k = self.settings.transitions.top_k if top_k == -1 else top_k
         return {"pair": list(st.pair), "labels": [label(st.pair[0]), label(st.pair[1])],
                 "support": round(st.support, 2), "ts_ms": st.ts_ms,
                 "successors": [{"cluster": s.cluster, "label": label(s.cluster), "score": round(s.score, 4),
                                 "count": round(s.count, 2), "trend": round(s.trend, 4)}
-                               for s in st.successors[: self.settings.transitions.top_k]]}
+                               for s in st.successors[:k]]}
 
     def run(self) -> dict[str, Any]:
         rs = self.settings.run
@@ -550,8 +644,9 @@ class Job:
         if self.args.out is not None:
             (self.args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             if self.clustering is not None:
-                pairs = [self._pair_json(p) for p in self._busiest_pairs()]
+                pairs = [self._pair_json(p, top_k=None) for p in self._busiest_pairs()]
                 (self.args.out / "successors.json").write_text(json.dumps(pairs, indent=1) + "\n")
+                (self.args.out / "clusters.json").write_text(json.dumps(self._clusters_json(), indent=1) + "\n")
         return summary
 
     def _progress(self, t0: float, stop: threading.Event) -> None:

@@ -44,6 +44,8 @@ def _default_topics() -> dict[str, TopicSpec]:
         "items": TopicSpec(name="items", partitions=3),
         "drift_alerts": TopicSpec(name="drift-alerts", partitions=1, retention_ms=30 * DAY_MS),
         "dead_letter": TopicSpec(name="dead-letter", partitions=1, retention_ms=30 * DAY_MS),
+        # Cadence signals (RAG refresh: which pairs to re-infer; fine-tune due), keyed by kind.
+        "cadence": TopicSpec(name="cadence", partitions=1, retention_ms=30 * DAY_MS),
         # The live index's changelog: full state per key, so compaction keeps exactly what a new replica needs.
         "index_mutations": TopicSpec(name="index-mutations", partitions=3, retention_ms=-1,
                                      cleanup_policy="compact"),
@@ -193,6 +195,26 @@ class DriftSettings(BaseModel):
                            min_support={**d.min_support, **self.min_support}, cooldown_ms=self.cooldown_ms)
 
 
+class CadenceSettings(BaseModel):
+    """The hybrid update cadence (operators/cadence.py): when to re-infer which pairs' rows (RAG refresh) and when a
+    fine-tune is due, from the measured drift and a cost model in one cost unit. Signals go to the cadence topic
+    (cadence.jsonl in file modes); a fine-tune also re-bases the drift monitor's reference."""
+
+    enabled: bool = True
+    refresh_cost: float = Field(1.0, ge=0)  # re-inferring one pair's row (e.g. one LLM call)
+    finetune_cost: float = Field(2_000.0, gt=0)  # one fine-tune, in the same unit
+    miss_cost: float = Field(0.05, ge=0)  # serving one event from drifted knowledge
+    min_support: float = Field(20.0, gt=0)  # decayed transitions before a pair counts at all
+    min_change: float = Field(0.15, gt=0, le=1)  # beyond-noise total variation that makes a row stale
+    min_finetune_interval_ms: int = Field(3 * DAY_MS, ge=0)
+    check_every_ms: int = Field(3_600_000, ge=1)  # decisions at each hour of event time
+
+    def config(self, half_life_ms: int) -> Any:
+        from operators.cadence import CadenceConfig
+
+        return CadenceConfig(half_life_ms=half_life_ms, **self.model_dump(exclude={"enabled"}))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DRIFTRAG_", env_nested_delimiter="__", extra="ignore")
 
@@ -204,4 +226,5 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    cadence: CadenceSettings = Field(default_factory=CadenceSettings)
     transitions: TransitionSettings = Field(default_factory=TransitionSettings)

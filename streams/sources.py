@@ -13,11 +13,12 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streams.contract import RawMessage
+from streams.contract import RawMessage, parse_ts
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,99 @@ class JsonlFileSource(FixedPartitionedSource[RawMessage, tuple[int, int]]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: tuple[int, int] | None) -> _FilePartition:
         return _FilePartition(for_part, self.files[for_part], resume_state, self.batch_size)
+
+
+def line_ts(raw: bytes) -> int | None:
+    """The event time of one JSONL line (epoch ms or RFC 3339 ``ts``), or None where it has none (a bad line).
+
+    >>> line_ts(b'{"ts": 1767225600000}'), line_ts(b'{"ts": "2026-01-01T01:00:00+01:00"}'), line_ts(b'nope')
+    (1767225600000, 1767225600000, None)
+    """
+    try:
+        return parse_ts(orjson.loads(raw).get("ts"))
+    except Exception:  # noqa: BLE001 - anything unparsable keeps its place; the validator says why later
+        return None
+
+
+class _MergedFilesPartition(StatefulSourcePartition[RawMessage, dict[str, tuple[int, int]]]):
+    """Lines of several files merged in event-time order: each file is read in order, and the next message is the
+    head with the earliest ``ts`` (ties: the files' order, content first). A line without a readable ``ts`` takes
+    the time of the line before it in its file, so it keeps its place; a file that goes back in time is still
+    read in its own order (the merge never reorders a file) and counted in ``out_of_order``."""
+
+    def __init__(self, files: dict[str, Path], resume: dict[str, tuple[int, int]] | None, batch_size: int):
+        self._files = {t: p.open("rb") for t, p in files.items()}
+        self._pos = dict(resume or {t: (0, 0) for t in files})
+        for t, f in self._files.items():
+            f.seek(self._pos.get(t, (0, 0))[1])
+        self._last_ts: dict[str, int] = {t: -1 for t in files}
+        self._heads: dict[str, tuple[int, bytes, int] | None] = {t: self._read(t) for t in files}
+        self._order = {t: i for i, t in enumerate(files)}
+        self._batch_size = batch_size
+        self.out_of_order = 0
+
+    def _read(self, topic: str) -> tuple[int, bytes, int] | None:
+        """(ts, line, byte position after it) of the file's next line, or None at its end."""
+        f = self._files[topic]
+        raw = f.readline()
+        if not raw:
+            return None
+        ts = line_ts(raw)
+        if ts is None:
+            ts = self._last_ts[topic]
+        elif ts < self._last_ts[topic]:
+            self.out_of_order += 1
+            ts = self._last_ts[topic]  # keep the file's own order
+        self._last_ts[topic] = ts
+        return ts, raw[:-1] if raw.endswith(b"\n") else raw, f.tell()
+
+    def next_batch(self) -> list[RawMessage]:
+        batch: list[RawMessage] = []
+        now_ms = int(time.time() * 1000)
+        heads, order, pos = self._heads, self._order, self._pos
+        while len(batch) < self._batch_size:
+            live = [(h[0], order[t], t) for t, h in heads.items() if h is not None]
+            if not live:
+                break
+            topic = min(live)[2]
+            ts, line, after = heads[topic]
+            offset = pos[topic][0]
+            batch.append(RawMessage(topic, 0, offset, None, line, now_ms))
+            pos[topic] = (offset + 1, after)
+            heads[topic] = self._read(topic)
+        if not batch:
+            raise StopIteration
+        return batch
+
+    def snapshot(self) -> dict[str, tuple[int, int]]:
+        return dict(self._pos)
+
+    def close(self) -> None:
+        if self.out_of_order:
+            log.warning("%d lines were out of event-time order within their file (kept in file order)",
+                        self.out_of_order)
+        for f in self._files.values():
+            f.close()
+
+
+class EventTimeFileSource(FixedPartitionedSource[RawMessage, dict[str, tuple[int, int]]]):
+    """Several JSONL files (topic -> path) as ONE stream in event-time order: what ``driftrag replay`` reads, so a
+    replay sees content and engagements interleaved as they happened (a file source per topic would let one run
+    ahead of the other). The offsets of each file are its line numbers, as in :class:`JsonlFileSource`."""
+
+    def __init__(self, files: dict[str, Path], *, batch_size: int = 1000) -> None:
+        for topic, path in files.items():
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{topic} file not found: {path}")
+        self.files = {t: Path(p) for t, p in files.items()}  # ties go to the earlier file: pass content first
+        self.batch_size = batch_size
+
+    def list_parts(self) -> list[str]:
+        return ["event-time"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: dict[str, tuple[int, int]] | None
+                   ) -> _MergedFilesPartition:
+        return _MergedFilesPartition(self.files, resume_state, self.batch_size)
 
 
 # ---------------------------------------------------------------------------------------------------- embedded

@@ -83,14 +83,35 @@ def _count_successors(half_life_ms: int, trend_window_ms: int):  # noqa: ANN202
     return step
 
 
+def _ts(ce: ClusteredEngagement) -> int:
+    return ce.engagement.ts_ms
+
+
+def _triple_ts(t: Triple) -> int:
+    return t.ts_ms
+
+
+def key_positive_by_user(batch: list[ClusteredEngagement]) -> list[tuple[str, ClusteredEngagement]]:
+    """Positive engagements keyed by user, in event-time order within the batch. The item join before this step
+    emits a batch grouped by item, so two engagements of one user can arrive swapped; the rule must see each user's
+    engagements in the order they happened (else the older one is 'late' and a transition is lost or invented),
+    and the result must not depend on where batches happen to split.
+
+    >>> from streams.contract import Engagement
+    >>> e = lambda ts, item: ClusteredEngagement(Engagement("u", item, "like", ts, True), 0)
+    >>> [ce.engagement.ts_ms for _, ce in key_positive_by_user([e(2, "b"), e(1, "a")])]
+    [1, 2]
+    """
+    return [(ce.engagement.user_id, ce) for ce in sorted(batch, key=_ts) if ce.engagement.positive]
+
+
 def mine_successors(clustered: Stream[ClusteredEngagement], *, half_life_ms: int, trend_window_ms: int = 86_400_000
                     ) -> tuple[Stream[Triple], Stream[PairState]]:
     """Wire the transition rule and the decayed successor counts onto clustered engagements."""
-    by_user = op.flat_map_batch(  # positive engagements only, keyed by user
-        "key_positive_by_user", clustered,
-        lambda batch: [(ce.engagement.user_id, ce) for ce in batch if ce.engagement.positive])
+    by_user = op.flat_map_batch("key_positive_by_user", clustered, key_positive_by_user)
     triples = op.flat_map_batch("unkey_triples",
                                 op.stateful_flat_map("track_user_clusters", by_user, track_user_clusters), unkey)
-    by_pair = op.flat_map_batch("key_by_pair", triples, lambda batch: [(f"{t.c1},{t.c2}", t) for t in batch])
+    by_pair = op.flat_map_batch("key_by_pair", triples,
+                                lambda batch: [(f"{t.c1},{t.c2}", t) for t in sorted(batch, key=_triple_ts)])
     states = op.stateful_flat_map("count_successors", by_pair, _count_successors(half_life_ms, trend_window_ms))
     return triples, op.flat_map_batch("unkey_pair_states", states, unkey)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import subprocess
 import uuid
 
 import pytest
@@ -84,3 +86,37 @@ def kafka_settings(kafka_bootstrap):
         delete_topics(kafka, names, timeout_s=10)
     except Exception as e:  # noqa: BLE001 - cleanup only; the test's result stands
         log.warning("could not delete test topics with prefix %s: %s", kafka.topic_prefix, e)
+
+
+def read_topic(kafka: KafkaSettings, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    """Every (key, value) of a topic, read from the start to its end."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    md = AdminClient(kafka.client()).list_topics(topic, timeout=10)
+    tps = [TopicPartition(topic, p, 0) for p in md.topics[topic].partitions]
+    c = Consumer(kafka.client(**{"group.id": f"test-{uuid.uuid4().hex[:6]}", "enable.partition.eof": True}))
+    c.assign(tps)
+    out, eof = [], 0
+    try:
+        while eof < len(tps):
+            for m in c.consume(500, 1.0):
+                if m.error() is not None:
+                    assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
+                    eof += 1
+                    continue
+                out.append((m.key(), m.value()))
+    finally:
+        c.close()
+    return out
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Ctrl-C (the job's own clean stop), then kill if it does not end in ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

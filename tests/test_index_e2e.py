@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from operators.embedding import make_embedder, model_id
 from operators.transitions import TransitionTracker
 from streams.contract import Engagement, RawMessage, Validator
 from streams.generator import GeneratorConfig, WorkloadGenerator
-from tests.conftest import free_port
+from tests.conftest import free_port, read_topic, stop_process
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -45,16 +44,6 @@ def _env(settings, codebooks: Path) -> dict[str, str]:
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     f = log.open("ab")
     return subprocess.Popen([sys.executable, "-m", "streams.cli", *args], env=env, stdout=f, stderr=f)
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 60) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _wait(cond, timeout: float, what: str, procs=(), logs=()):  # noqa: ANN001, ANN202
@@ -133,27 +122,6 @@ def world(tmp_path_factory):
             "busiest": busiest, "codebooks": codebooks, "last_ts": max(m.ts_ms for m in messages)}
 
 
-def _read_topic(settings, topic: str) -> list[tuple[bytes, bytes]]:  # noqa: ANN001
-    """Every (key, value) of a topic, read to its end."""
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
-    from confluent_kafka.admin import AdminClient
-
-    md = AdminClient(settings.kafka.client()).list_topics(topic, timeout=10)
-    tps = [TopicPartition(topic, p, 0) for p in md.topics[topic].partitions]
-    c = Consumer(settings.kafka.client(**{"group.id": "test-drift", "enable.partition.eof": True}))
-    c.assign(tps)
-    out, eof = [], 0
-    while eof < len(tps):
-        for m in c.consume(500, 1.0):
-            if m.error() is not None:
-                assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
-                eof += 1
-                continue
-            out.append((m.key(), m.value()))
-    c.close()
-    return out
-
-
 def _true_top(gt, pair) -> int:  # noqa: ANN001
     truth = gt["successors"]["initial"][f"{pair[0]},{pair[1]}"]
     return int(max(truth, key=truth.get))
@@ -209,7 +177,7 @@ def test_context_follows_kafka_and_a_restarted_service_answers_the_same(world, k
         assert ctx["items"] and all(i["cluster"] in {s["cluster"] for s in ctx["successors"]} for i in ctx["items"])
 
         # Restart: stop the service (it snapshots), let the changelog move on without it, start it again.
-        _stop(serve_a)
+        stop_process(serve_a)
         assert serve_a.returncode == 0, logs[1].read_text()[-3000:]
         assert (snap_a / "CURRENT").exists()
         _produce(kafka_settings, world["messages"][world["split"]:])
@@ -251,7 +219,8 @@ def test_context_follows_kafka_and_a_restarted_service_answers_the_same(world, k
 
         # Drift alerts: the planted transition drift is on the drift-alerts topic (keyed by cluster, the brief's
         # JSON) and the query service ranks drifting clusters.
-        alerts = [orjson.loads(v) for k, v in _read_topic(kafka_settings, kafka_settings.kafka.topic("drift_alerts"))]
+        k = kafka_settings.kafka
+        alerts = [orjson.loads(v) for _, v in read_topic(k, k.topic("drift_alerts"))]
         transition = [x for x in alerts if x["kind"] == "transition" and x["cluster"] == pair[1]
                       and x["evidence"]["pair"] == pair]
         assert transition, [(x["kind"], x["cluster"]) for x in alerts]
@@ -260,4 +229,4 @@ def test_context_follows_kafka_and_a_restarted_service_answers_the_same(world, k
         assert ranking and ranking[0]["score"] >= ranking[-1]["score"]
     finally:
         for p in procs:
-            _stop(p)
+            stop_process(p)
