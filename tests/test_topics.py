@@ -27,7 +27,7 @@ def test_ensure_topics_is_idempotent_and_follows_config(kafka_bootstrap):
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
     kafka.topics["changelog"] = TopicSpec(name="changelog", partitions=2, retention_ms=-1, cleanup_policy="compact")
     first = ensure_topics(kafka)
-    names = ("engagements", "items", "drift-alerts", "dead-letter", "index-mutations", "changelog")
+    names = ("engagements", "items", "drift-alerts", "dead-letter", "cadence", "index-mutations", "changelog")
     assert first == {prefix + n: "created" for n in names}
     assert ensure_topics(kafka) == {name: "exists" for name in first}
     assert describe(kafka_bootstrap, prefix + "engagements") == (3, {"retention.ms": str(7 * 86_400_000),
