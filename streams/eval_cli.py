@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "novel positive clusters (default 3)")
     p.add_argument("--warmup-days", type=float, default=2.0, help="event time the tables only learn (default 2)")
     p.add_argument("--min-support", type=float, default=3.0, help="decayed transitions a pair row needs (default 3)")
+    p.add_argument("--finetune-cost", type=float, metavar="UNITS",
+                   help="the replay's cadence controller: cost of a fine-tune in its cost units (default: "
+                   "settings.cadence.finetune_cost); scale it to the traffic of the stream you evaluate")
     p.add_argument("--backend", help="embedding backend for the replay (default: settings)")
     p.add_argument("--model", help="sentence-transformers model name or path for the replay")
     p.add_argument("--codebook-dir", type=Path, help="codebook store for the replay (default: settings)")
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         replay_dir = args.out / "replay"
         replay(argparse.Namespace(events=args.events, items=args.items, out=replay_dir, backend=args.backend,
                                   model=args.model, codebook_dir=args.codebook_dir, no_drift=False,
-                                  progress_every=args.progress_every), settings)
+                                  finetune_cost=args.finetune_cost, progress_every=args.progress_every), settings)
     events_file = replay_dir / "events.jsonl"
     if not events_file.is_file():
         raise FileNotFoundError(f"{events_file} not found: is {replay_dir} a `driftrag replay --out` directory?")

@@ -13,7 +13,9 @@ Scenario "drifting" plants, after a stationary warm-up (first 30% of the time), 
 of each kind: transition (a busy pair gets a new top successor), engagement (a busy cluster's positive rate moves
 strongly), content (a cluster's new items come from its shifted vocabulary), volume (abrupt: a reserved cluster
 with no items or traffic appears trending; gradual: a quiet cluster's traffic grows several-fold). Gradual drifts
-ramp linearly over a window. Scenario "stationary" plants none and reserves no cluster.
+ramp linearly over a window. Scenario "stationary" plants none and reserves no cluster. Scenario "shifting" is
+the paper's broad drift: no single planted change, but at 35% and 65% of the time span a fresh successor
+distribution for 60% of all pairs (ramped over a day), so most of what users do next changes twice.
 
 Everything is a function of the seed (numpy PCG64 streams spawned from it): same seed, same bytes.
 
@@ -57,7 +59,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
-SCENARIOS = ("drifting", "stationary")
+SCENARIOS = ("drifting", "stationary", "shifting")
+SHIFTS = (0.35, 0.65)  # "shifting": when (share of the span) a broad successor shift starts
+SHIFT_SHARE = 0.6  # and the share of pairs it redraws
 
 # Behaviour constants: documented in the ground truth's "model" section.
 P_STAY = 0.25  # next engagement in the same cluster (consecutive duplicates)
@@ -260,7 +264,7 @@ class World:
     user_cum: list[float]
     init_state: list[tuple[int, int]]
     drifts: list[Drift]
-    transition_after: dict[tuple[int, int], tuple[int, np.ndarray]]  # pair -> (drift index, after dist)
+    transition_after: dict[tuple[int, int], list[tuple[int, np.ndarray]]]  # pair -> [(drift index, after)]
     engagement_drift: dict[int, tuple[int, float, float]]  # cluster -> (drift index, before, after)
     trends: list[tuple[int, int, float]]  # (drift index, cluster, share of all engagements)
     items: list[PlannedItem]
@@ -290,6 +294,8 @@ def build_world(cfg: GeneratorConfig, rngs: dict[str, np.random.Generator]) -> W
                   [])
     if cfg.scenario == "drifting":
         _plant_drifts(world, rng)
+    elif cfg.scenario == "shifting":
+        _plant_shifts(world, rng, popularity)
     world.items = plan_items(cfg, world, rngs["items"], rngs["bad_items"])
     return world
 
@@ -317,8 +323,8 @@ def _choose_transition(w: World, rng: np.random.Generator, used: set[int], new_t
     """
     k, T = w.config.n_clusters, w.trending
     current = w.succ.copy()
-    for p, (_, after) in w.transition_after.items():  # earlier drifts have happened by now
-        current[p] = after
+    for p, changes in w.transition_after.items():  # earlier drifts have happened by now
+        current[p] = changes[-1][1]
     traffic, _ = expected_traffic(current, ibar, w.rates)
     order = np.argsort(-traffic, axis=None, kind="stable")
     pairs = [(int(i), int(j)) for i, j in zip(*np.unravel_index(order, traffic.shape), strict=True)
@@ -369,7 +375,7 @@ def _plant_drifts(w: World, rng: np.random.Generator) -> None:
             used |= {*pair, top}
             new_tops.add(top)
             tops |= {top, *others, *strong[:2]}
-            w.transition_after[pair] = (n, after)
+            w.transition_after[pair] = [(n, after)]
             mag = 0.5 * float(np.abs(after - before).sum())
             drifts.append(Drift(did, kind, mode, start, end, pair[1], pair, mag,
                                 {"top_successor": int(np.argmax(before)), "dist": _dist_json(before)},
@@ -403,6 +409,26 @@ def _plant_drifts(w: World, rng: np.random.Generator) -> None:
     w.drifts = drifts
     for d in drifts:
         log.debug("planted %s: cluster %s pair %s at %d..%d", d.id, d.cluster, d.pair, d.start_ms, d.end_ms)
+
+
+def _plant_shifts(w: World, rng: np.random.Generator, popularity: np.ndarray) -> None:
+    """The "shifting" scenario: at each of SHIFTS, SHIFT_SHARE of the pairs get a freshly drawn successor
+    distribution, ramped linearly over a day (one Drift per shift; the pairs are in ground_truth's changes)."""
+    cfg, k = w.config, w.config.n_clusters
+    pairs = [(i, j) for i in range(k) for j in range(k) if i != j]
+    for n, frac in enumerate(SHIFTS):
+        fresh = successor_matrix(rng, popularity, None)
+        chosen = sorted(pairs[int(x)] for x in rng.choice(len(pairs), size=int(SHIFT_SHARE * len(pairs)),
+                                                             replace=False))
+        tv = []
+        for pair in chosen:
+            before = w.transition_after[pair][-1][1] if pair in w.transition_after else w.succ[pair]
+            w.transition_after.setdefault(pair, []).append((n, fresh[pair]))
+            tv.append(0.5 * float(np.abs(fresh[pair] - before).sum()))
+        start = cfg.start_ms + int(frac * cfg.span_ms)
+        w.drifts.append(Drift(f"s{n + 1}-transition-broad", "transition", "gradual", start,
+                              start + int(min(DAY_MS, 0.07 * cfg.span_ms)), -1, None, float(np.mean(tv)),
+                              {"pairs": len(chosen)}, {"pairs": len(chosen), "share": SHIFT_SHARE}))
 
 
 def _dist_json(p: np.ndarray) -> dict[str, float]:
@@ -564,7 +590,8 @@ class _Simulation:
         max_len = max(Counter(it.cluster for it in w.items).values(), default=1)
         self.zipf = _cum((1.0 / np.arange(1, max_len + 1) ** ITEM_ZIPF).tolist())
         self.succ_cum = [_cum(w.succ[i, j].tolist()) if i != j else [] for i in range(k) for j in range(k)]
-        self.after_cum = {i * k + j: (d, _cum(p.tolist())) for (i, j), (d, p) in w.transition_after.items()}
+        self.after_cum = {i * k + j: [(d, _cum(p.tolist())) for d, p in changes]
+                          for (i, j), changes in w.transition_after.items()}
         self.interest_cum: list[list[float] | None] = [None] * cfg.n_users
         self.rates = w.rates.tolist()
         self.user_total = w.user_cum[-1]
@@ -624,8 +651,11 @@ class _Simulation:
         else:
             cum = self.succ_cum[h1 * self.k + h2]
             drifted = self.after_cum.get(h1 * self.k + h2)
-            if drifted is not None and u[5] < self.progress[drifted[0]][i]:
-                cum = drifted[1]
+            if drifted is not None:
+                for d, after in reversed(drifted):  # the latest change this draw has reached
+                    if u[5] < self.progress[d][i]:
+                        cum = after
+                        break
         return min(bisect_right(cum, u[4] * cum[-1]), self.k - 1)
 
     def engagement(self, slot: int, t: int, u: list[float], z: float, counts: Counter[str]) -> GeneratedMessage:
@@ -684,14 +714,14 @@ _NOTES = {
     "stationary scenario, where every cluster is used normally",
     "counts": "engagements/items: good messages; bad: malformed messages by kind (both topics)",
     "drifts": "start_ms..end_ms: the ramp (equal when abrupt); cluster: the drifted cluster, for a transition "
-    "drift the pair's c2; magnitude: transition = total variation distance of the successor distributions, "
+    "drift the pair's c2 (-1 for a broad shift of many pairs: see successors.changes); magnitude: transition = "
+    "total variation distance of the successor distributions (mean over pairs for a broad shift), "
     "engagement = |rate change|, content = share of new items from the shifted vocabulary, volume = extra_share",
 }
 
 
 def ground_truth(w: World, counts: dict[str, Any]) -> dict[str, Any]:
     cfg, k = w.config, w.config.n_clusters
-    transitions = [d for d in w.drifts if d.kind == "transition"]
     return {
         "seed": cfg.seed,
         "scenario": cfg.scenario,
@@ -708,8 +738,10 @@ def ground_truth(w: World, counts: dict[str, Any]) -> dict[str, Any]:
                     "magnitude": round(d.magnitude, 6), "before": d.before, "after": d.after} for d in w.drifts],
         "successors": {
             "initial": {f"{i},{j}": _dist_json(w.succ[i, j]) for i in range(k) for j in range(k) if i != j},
-            "changes": [{"ts_ms": d.start_ms, "end_ms": d.end_ms, "pair": list(d.pair), "drift": d.id,
-                         "dist": d.after["dist"]} for d in transitions if d.pair],
+            "changes": sorted(({"ts_ms": w.drifts[n].start_ms, "end_ms": w.drifts[n].end_ms, "pair": [i, j],
+                                "drift": w.drifts[n].id, "dist": _dist_json(p)}
+                               for (i, j), changes in w.transition_after.items() for n, p in changes),
+                              key=lambda c: (c["ts_ms"], c["pair"])),
         },
         "engagement_rates": {
             "initial": {str(c): round(r, 6) for c, r in enumerate(w.rates.tolist())},

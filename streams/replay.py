@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="codebook store (default: settings.clusters.codebook_dir; without one, the clusters are "
                    "bootstrapped from --items)")
     p.add_argument("--no-drift", action="store_true", help="no drift detection (and so no cadence signals)")
+    p.add_argument("--finetune-cost", type=float, metavar="UNITS",
+                   help="the cadence controller's cost of a fine-tune (default: settings.cadence.finetune_cost)")
     p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
 
 
@@ -54,6 +56,12 @@ def replay(args: argparse.Namespace, settings: Settings) -> dict:
         path = getattr(args, name)
         if path is not None and not path.is_file():
             raise FileNotFoundError(f"--{name} file not found: {path}")
+    cost = getattr(args, "finetune_cost", None)
+    if cost is not None:
+        if not cost > 0:
+            raise ValueError(f"--finetune-cost must be > 0, got {cost}")
+        settings = settings.model_copy(update={"cadence": settings.cadence.model_copy(
+            update={"finetune_cost": cost})})
     job = Job(job_args(args), settings)
     print(f"[driftrag] replaying {args.events}" + (f" and {args.items}" if args.items else "")
           + f" in event-time order into {args.out}", file=sys.stderr, flush=True)

@@ -324,6 +324,34 @@ def test_transition_drift_changes_the_pairs_top_successor(drifting, mode):
     assert after[top_after] / sum(after.values()) > 0.3
 
 
+def test_shifting_scenario_redraws_most_pairs_successors_twice():
+    w = Workload(GeneratorConfig(seed=7, events=40_000, n_users=600, scenario="shifting"))
+    shifts = [d for d in w.gt["drifts"] if d["id"].startswith("s")]
+    assert [d["kind"] for d in w.gt["drifts"]] == ["transition", "transition"] and len(shifts) == 2
+    assert w.gt["trending_cluster"] is None and all(d["cluster"] == -1 and d["pair"] is None for d in shifts)
+    k = w.config.n_clusters
+    changes = w.gt["successors"]["changes"]
+    for d in shifts:  # 60% of the pairs, each with a distribution over allowed successors
+        mine = [c for c in changes if c["drift"] == d["id"]]
+        assert len(mine) == d["after"]["pairs"] == int(0.6 * k * (k - 1))
+        assert all(str(c["pair"][0]) not in c["dist"] and str(c["pair"][1]) not in c["dist"] for c in mine)
+    # What users do next really moves: the busiest pairs' top successors before the first shift and after the
+    # second differ for most of the pairs that both shifts redrew.
+    both = {tuple(c["pair"]) for c in changes if c["drift"] == shifts[0]["id"]} & {
+        tuple(c["pair"]) for c in changes if c["drift"] == shifts[1]["id"]}
+    busiest = Counter((a, b) for _, (a, b, _) in w.timed_triples)
+    moved = total = 0
+    for pair, _ in busiest.most_common(40):
+        if pair not in both:
+            continue
+        before = w.successors(list(pair), w.first_ms, shifts[0]["start_ms"])
+        after = w.successors(list(pair), shifts[1]["end_ms"], w.end_ms)
+        if sum(before.values()) >= 20 and sum(after.values()) >= 20:
+            total += 1
+            moved += before.most_common(1)[0][0] != after.most_common(1)[0][0]
+    assert total >= 5 and moved / total >= 0.5, (moved, total)
+
+
 @pytest.mark.parametrize("mode", ["abrupt", "gradual"])
 def test_engagement_drift_moves_the_positive_rate(drifting, mode):
     d = drifting.drift("engagement", mode)
