@@ -88,8 +88,8 @@ def kafka_settings(kafka_bootstrap):
         log.warning("could not delete test topics with prefix %s: %s", kafka.topic_prefix, e)
 
 
-def read_topic(kafka: KafkaSettings, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-    """Every (key, value) of a topic, read from the start to its end."""
+def read_records(kafka: KafkaSettings, topic: str) -> list[tuple[int, int, bytes | None, bytes | None]]:
+    """Every (partition, offset, key, value) of a topic, read from the start to its end."""
     from confluent_kafka import Consumer, KafkaError, TopicPartition
     from confluent_kafka.admin import AdminClient
 
@@ -105,10 +105,15 @@ def read_topic(kafka: KafkaSettings, topic: str) -> list[tuple[bytes | None, byt
                     assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
                     eof += 1
                     continue
-                out.append((m.key(), m.value()))
+                out.append((m.partition(), m.offset(), m.key(), m.value()))
     finally:
         c.close()
     return out
+
+
+def read_topic(kafka: KafkaSettings, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    """Every (key, value) of a topic, read from the start to its end."""
+    return [(k, v) for _, _, k, v in read_records(kafka, topic)]
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 60) -> None:

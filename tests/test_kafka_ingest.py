@@ -17,32 +17,17 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from streams.contract import RawMessage, Validator, decode_original
 from streams.generator import BAD_KINDS, GeneratorConfig, WorkloadGenerator, produce_to_kafka
+from tests.conftest import read_records
 
 pytestmark = pytest.mark.kafka
 
 
 def read_topic(settings, topic: str) -> dict[tuple[int, int], tuple[bytes | None, bytes | None]]:
     """Every message of a topic, by (partition, offset)."""
-    kafka = settings.kafka
-    md = AdminClient(kafka.client()).list_topics(topic, timeout=10)
-    tps = [TopicPartition(topic, p, 0) for p in md.topics[topic].partitions]
-    c = Consumer(kafka.client(**{"group.id": "test-read", "enable.partition.eof": True}))
-    c.assign(tps)
-    out, eof = {}, 0
-    while eof < len(tps):
-        for m in c.consume(500, 1.0):
-            if m.error() is not None:
-                assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
-                eof += 1
-                continue
-            out[(m.partition(), m.offset())] = (m.key(), m.value())
-    c.close()
-    return out
+    return {(p, o): (k, v) for p, o, k, v in read_records(settings.kafka, topic)}
 
 
 def start_job(settings, out: Path, *extra: str) -> subprocess.Popen:
