@@ -113,13 +113,14 @@ def drift_change(p: dict[int, float], n_p: float, q: dict[int, float] | None, n_
     """
     if not q:
         return 1.0
-    tv = total_variation(p, q)
-    var = 1.0 / max(n_p, 1e-9) + 1.0 / max(n_q, 1e-9)
-    noise = 0.0
+    diff = spread = 0.0  # one pass over both supports: sum |p - q| and sum sqrt(m (1 - m))
     for k in p.keys() | q.keys():
-        m = 0.5 * (p.get(k, 0.0) + q.get(k, 0.0))
-        noise += math.sqrt(_TWO_OVER_PI * m * (1.0 - m) * var)
-    return max(0.0, tv - 0.5 * noise)
+        a, b = p.get(k, 0.0), q.get(k, 0.0)
+        diff += abs(a - b)
+        m = 0.5 * (a + b)
+        spread += math.sqrt(m * (1.0 - m))
+    noise = math.sqrt(_TWO_OVER_PI * (1.0 / max(n_p, 1e-9) + 1.0 / max(n_q, 1e-9))) * spread
+    return max(0.0, min(1.0, 0.5 * diff) - 0.5 * noise)
 
 
 def refresh_due(support: float, change: float, stale_traffic: int, cfg: CadenceConfig) -> tuple[bool, str]:
@@ -220,7 +221,8 @@ class CadenceController:
         self._now: int | None = None
         self._start = 0  # event time of the first triple (the "last fine-tune" before any)
         self._ref = 0  # event time of the last check (or the boundary before the first event): counts are scaled to it
-        self._counts: dict[tuple[int, int], dict[int, float]] = {}
+        self._counts: dict[tuple[int, int], dict[int, float]] = {}  # scaled to the pair's own time in _scaled_at
+        self._scaled_at: dict[tuple[int, int], int] = {}
         self._pending: dict[tuple[int, int], int] = {}  # triples since the last check
         self._rows: dict[tuple[int, int], dict[int, float]] = {}
         self._base: dict[tuple[int, int], dict[int, float]] = {}
@@ -229,6 +231,7 @@ class CadenceController:
         self._debt = 0.0
         self._last_finetune: int | None = None
         self._refreshes = self._finetunes = self._stale_pairs = 0
+        self._stale_keys: set[tuple[int, int]] = set()
 
     # ------------------------------------------------------------------------------------------------ updates
 
@@ -239,7 +242,12 @@ class CadenceController:
         row = self._counts.get(key)
         if row is None:
             row = self._counts[key] = {}
-        row[c_next] = row.get(c_next, 0.0) + 2.0 ** ((ts_ms - self._ref) * self._inv_half_life)
+            self._scaled_at[key] = self._ref
+        exponent = (ts_ms - self._scaled_at[key]) * self._inv_half_life
+        if exponent > 500.0:  # a pair idle for hundreds of half-lives: rescale before 2**x nears overflow
+            self._rescale(key, ts_ms)
+            exponent = 0.0
+        row[c_next] = row.get(c_next, 0.0) + 2.0 ** exponent
         self._pending[key] = self._pending.get(key, 0) + 1
         return events
 
@@ -264,18 +272,27 @@ class CadenceController:
 
     # ------------------------------------------------------------------------------------------------- checks
 
+    def _rescale(self, key: tuple[int, int], ts_ms: int) -> tuple[float, dict[int, float]]:
+        """Scale the pair's counts to ``ts_ms``; returns its (support, distribution) there."""
+        row = self._counts[key]
+        factor = 2.0 ** (-(ts_ms - self._scaled_at[key]) * self._inv_half_life)
+        for c in row:
+            row[c] *= factor
+        self._scaled_at[key] = ts_ms
+        total = sum(row.values())
+        return total, ({c: v / total for c, v in row.items()} if total > 0 else {})
+
     def _check(self, ts_ms: int) -> list[CadenceEvent]:
+        """Only pairs with triples since the last check can change a decision (a pair without new data keeps its
+        distribution and its stale traffic, and its support only decays), so only they are re-read here; the
+        rest are read when a fine-tune needs every pair."""
         cfg = self.config
-        factor = 2.0 ** (-(ts_ms - self._ref) * self._inv_half_life)
         self._ref = ts_ms
+        pending, self._pending = self._pending, {}
         support: dict[tuple[int, int], float] = {}
         dist: dict[tuple[int, int], dict[int, float]] = {}
-        for key, row in self._counts.items():
-            for c in row:
-                row[c] *= factor
-            support[key] = total = sum(row.values())
-            dist[key] = {c: v / total for c, v in row.items()} if total > 0 else {}
-        pending, self._pending = self._pending, {}
+        for key in list(pending) + [k for k in self._stale_keys if k not in pending]:
+            support[key], dist[key] = self._rescale(key, ts_ms)
         for key, n in pending.items():
             self._stale[key] = self._stale.get(key, 0) + n
         sizes = self._n
@@ -296,6 +313,9 @@ class CadenceController:
         since = self._last_finetune if self._last_finetune is not None else self._start
         due, reason = finetune_due(self._debt, ts_ms - since, cfg)
         if due:
+            for key in self._counts:
+                if key not in support:
+                    support[key], dist[key] = self._rescale(key, ts_ms)
             return [self._finetune(ts_ms, since, reason, weighted / traffic if traffic else 0.0, support, dist)]
         return self._refresh(ts_ms, support, dist)
 
@@ -310,6 +330,7 @@ class CadenceController:
         self._base, self._rows, self._stale = dict(dist), dict(dist), dict.fromkeys(dist, 0)
         self._n = {key: [2.0 * s, 2.0 * s] for key, s in support.items()}
         self._debt, self._last_finetune, self._stale_pairs = 0.0, ts_ms, 0
+        self._stale_keys = set()
         self._finetunes += 1
         return CadenceEvent("fine_tune", ts_ms, (), reason, evidence)
 
@@ -317,18 +338,19 @@ class CadenceController:
                  dist: dict[tuple[int, int], dict[int, float]]) -> list[CadenceEvent]:
         cfg = self.config
         due_pairs: list[tuple[float, tuple[int, int], float, int]] = []
-        stale_left = 0
-        for key, row in self._rows.items():
-            s = support[key]
-            if s < cfg.min_support:
+        stale = self._stale_keys
+        for key, s in support.items():
+            row = self._rows.get(key)
+            stale.discard(key)
+            if row is None or s < cfg.min_support:
                 continue
             change = drift_change(dist[key], 2.0 * s, row, self._n.get(key, [1, 1])[0])
             traffic = self._stale.get(key, 0)
             if refresh_due(s, change, traffic, cfg)[0]:
                 due_pairs.append((traffic * change * cfg.miss_cost, key, change, traffic))
             elif change >= cfg.min_change:
-                stale_left += 1
-        self._stale_pairs = stale_left
+                stale.add(key)  # changed, not yet worth a refresh: re-read at each check (its support decays)
+        self._stale_pairs = len(stale)
         if not due_pairs:
             return []
         due_pairs.sort(key=lambda t: (-t[0], t[1]))
@@ -389,7 +411,8 @@ class CadenceController:
             return None if d is None else [[k, v] for k, v in d.items()]
 
         pairs = [[key[0], key[1], items(row), items(self._rows.get(key)), items(self._base.get(key)),
-                  self._stale.get(key, 0), self._n.get(key)] for key, row in self._counts.items()]
+                  self._stale.get(key, 0), self._n.get(key), self._scaled_at[key], key in self._stale_keys]
+                 for key, row in self._counts.items()]
         return {"version": 1, "config": asdict(self.config), "now_ms": self._now, "start_ms": self._start,
                 "ref_ms": self._ref, "debt": self._debt, "last_finetune_ms": self._last_finetune,
                 "refreshes": self._refreshes, "finetunes": self._finetunes, "stale_pairs": self._stale_pairs,
@@ -403,8 +426,11 @@ class CadenceController:
         ctl._now, ctl._start, ctl._ref, ctl._debt = snap["now_ms"], snap["start_ms"], snap["ref_ms"], snap["debt"]
         ctl._last_finetune, ctl._stale_pairs = snap["last_finetune_ms"], snap["stale_pairs"]
         ctl._refreshes, ctl._finetunes = snap["refreshes"], snap["finetunes"]
-        for c1, c2, counts, row, base, stale, sizes in snap["pairs"]:
+        for c1, c2, counts, row, base, stale, sizes, scaled_at, is_stale in snap["pairs"]:
             key = (c1, c2)
+            ctl._scaled_at[key] = scaled_at
+            if is_stale:
+                ctl._stale_keys.add(key)
             if sizes is not None:
                 ctl._n[key] = list(sizes)
             ctl._counts[key] = {k: v for k, v in counts}

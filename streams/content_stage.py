@@ -190,7 +190,10 @@ def cluster_events(events: Stream[Engagement | ContentEvent], config: Clustering
 
     keyed = op.flat_map_batch("shard_content", events, shard_content)
     batches = op.stateful("micro_batch", keyed, lambda resume: _micro_batch_logic(config, resume, embedder.known))
-    items = op.flat_map("embed_and_assign", batches, lambda kv: embedder.embed(kv[1]))
+    # One model call per Bytewax batch of micro-batches: cached texts leave micro_batch one by one (no wait), and a
+    # burst of them (a catalogue re-sent) must still become one call and one downstream batch, not one per text.
+    items = op.flat_map_batch("embed_and_assign", batches,
+                              lambda kvs: embedder.embed([c for _, batch in kvs for c in batch]))
     joined_in = op.merge(
         "items_and_engagements",
         op.flat_map_batch("key_items", items, lambda batch: [(i.item_id, i) for i in batch]),

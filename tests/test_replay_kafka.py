@@ -62,6 +62,35 @@ def _wait_for(proc: subprocess.Popen, log: Path, n: int, timeout: float) -> None
     raise AssertionError(f"the job did not read {n:,} messages in {timeout}s:\n{log.read_text()[-3000:]}")
 
 
+def _end_offsets(kafka: KafkaSettings, topic: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    parts = AdminClient(kafka.client()).list_topics(topic, timeout=10).topics[topic].partitions
+    c = Consumer(kafka.client(**{"group.id": "test-offsets"}))
+    try:
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
+    finally:
+        c.close()
+
+
+def _wait_until_quiet(kafka: KafkaSettings, proc: subprocess.Popen, log: Path, quiet_s: float = 3.0,
+                      timeout: float = 180) -> None:
+    """Until the job's changelog stops growing for ``quiet_s``: every message read has been through the flow."""
+    topic = kafka.topic("index_mutations")
+    last, since, deadline = -1, time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the job exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        n = _end_offsets(kafka, topic)
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{topic} kept growing for {timeout}s")
+
+
 def _successors(out: Path) -> dict[tuple[int, int], dict[int, float]]:
     return {tuple(p["pair"]): {s["cluster"]: s["count"] for s in p["successors"]}
             for p in json.loads((out / "successors.json").read_text())}
@@ -96,7 +125,7 @@ def test_replay_and_kafka_give_the_same_successors_and_alerts(kafka_bootstrap, t
         _wait_for(job, log, n_items, timeout=240)
         n_events = _produce(kafka, "engagements", events)
         _wait_for(job, log, n_items + n_events, timeout=240)
-        time.sleep(5)  # what was read has left the flow (milliseconds per batch); then a clean Ctrl-C stop
+        _wait_until_quiet(kafka, job, log)  # what was read has left the flow; then a clean Ctrl-C stop
     finally:
         stop_process(job)
     assert job.returncode == 0, log.read_text()[-3000:]
