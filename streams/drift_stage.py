@@ -69,12 +69,13 @@ class Hold:
     (a replay and a Kafka run agree). Content waits the same way, so items published ahead are counted when event
     time reaches them."""
 
-    __slots__ = ("engagements_ms", "pending", "triples_ms")
+    __slots__ = ("complete_until", "engagements_ms", "pending", "triples_ms")
 
     def __init__(self) -> None:
         self.engagements_ms: int | None = None
         self.triples_ms: int | None = None
         self.pending: dict[int, list[tuple]] = {}
+        self.complete_until: int | None = None  # every bucket before this one has been handed out
 
     def add(self, obs: list[tuple], bucket_ms: int) -> list[list[tuple]]:
         """Take a batch; return the complete buckets' observations, oldest bucket first."""
@@ -93,6 +94,8 @@ class Hold:
             return []
         t = e - MAX_TRIPLE_LAG_MS if self.triples_ms is None else max(self.triples_ms, e - MAX_TRIPLE_LAG_MS)
         upto = min(e, t) // bucket_ms
+        if self.complete_until is None or upto > self.complete_until:
+            self.complete_until = upto
         return [pending.pop(b) for b in sorted(b for b in pending if b < upto)]
 
 
@@ -143,6 +146,14 @@ def _feed(monitor: Any, obs: list[tuple], cadence: Any = None, hold: Hold | None
             alerts += monitor.advance(top)
             if cadence is not None:
                 alerts += _cadence_events(cadence.advance(top), monitor)
+    if hold.complete_until is not None and buckets:
+        # Every hour before this boundary is complete: score it now, not when the next hour's data is fed
+        # (which, at the end of a replay, never comes).
+        boundary = hold.complete_until * bucket_ms
+        alerts += monitor.advance(boundary)
+        if cadence is not None:
+            alerts += _cadence_events(cadence.advance(boundary), monitor)
+        latest = boundary if latest is None or boundary > latest else latest
     return alerts, latest
 
 
