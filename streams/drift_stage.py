@@ -103,17 +103,12 @@ def _ts_key(o: tuple) -> tuple:
     return (o[4], o[1], o[2], o[3]) if o[0] == "t" else (o[2], o[1])
 
 
-def _feed(monitor: Any, obs: list[tuple], cadence: Any = None, hold: Hold | None = None
-          ) -> tuple[list[Any], int | None]:
+def _feed(monitor: Any, obs: list[tuple], cadence: Any, hold: Hold) -> tuple[list[Any], int | None]:
     """Feed complete hour buckets (see :class:`Hold`), oldest first, each in a canonical order (event time, then
     cluster), engagements summed per cluster: one monitor call per cluster and hour, not per event.
     The cadence controller, when given, sees the triples and the same event time; its events join the alerts."""
     bucket_ms = monitor.config.bucket_ms
-    if hold is None:
-        hold = Hold()
-        buckets = hold.add(obs, bucket_ms) + [hold.pending[b] for b in sorted(hold.pending)]  # feed everything
-    else:
-        buckets = hold.add(obs, bucket_ms)
+    buckets = hold.add(obs, bucket_ms)
     alerts: list[Any] = []
     latest = None
     for rows in buckets:
@@ -170,7 +165,9 @@ def _cadence_events(events: list[Any], monitor: Any) -> list[Any]:
 def _monitor_step(make_monitor: Callable[[], Any], make_cadence: Callable[[], Any] | None = None):  # noqa: ANN202
     def step(state: tuple | None, obs: list[tuple]) -> tuple[tuple, list[Any]]:
         if state is None:
-            state = (make_monitor(), {}, make_cadence() if make_cadence is not None else None, Hold())
+            state = (make_monitor(), {})
+        if len(state) == 2:  # new, or recovered from a version without the cadence controller and the hold
+            state = (*state, make_cadence() if make_cadence is not None else None, Hold())
         monitor, last_scores, cadence, hold = state
         out, latest = _feed(monitor, obs, cadence, hold)
         alerts = [a for a in out if type(a) is Alert]

@@ -6,11 +6,13 @@ Bytewax's worker/process/recovery options pass straight through to ``bytewax.run
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import gc
 import itertools
 import json
 import logging
+import operator
 import sys
 import threading
 import time
@@ -63,6 +65,9 @@ def clustered_to_json(ce: ClusteredEngagement) -> bytes:
 def item_to_json(i: EmbeddedItem) -> bytes:
     return orjson.dumps({"item_id": i.item_id, "ts_ms": i.ts_ms, "cluster": i.cluster,
                          "distance": round(i.distance, 5), "novel": i.novel})
+
+
+_cluster_of = operator.attrgetter("cluster")
 
 
 def _unresolved() -> int:
@@ -383,11 +388,10 @@ class Job:
                             break
         emb = embedder()
         cache = EmbeddingCache(max(self.settings.embedding.cache_entries, len(texts)))
+        fill = ContentEmbedder(emb, None, cache).vectors  # embeds what the cache lacks, and keeps it
         todo, chunk, t0 = list(texts), 4096, time.monotonic()
         for i in range(0, len(todo), chunk):
-            part = todo[i:i + chunk]
-            for t, v in zip(part, emb.encode(part), strict=True):
-                cache.put(t, v)
+            fill(todo[i:i + chunk])
             say(f"embedded {min(i + chunk, len(todo)):,}/{len(todo):,} known content texts ({emb.name}, "
                 f"{time.monotonic() - t0:.1f}s)")
         return cache
@@ -502,10 +506,7 @@ class Job:
         if self.clustering is None:
             return
         self.counts.add("clustered_engagements", len(items))
-        per: dict[int, int] = {}
-        for ce in items:
-            per[ce.cluster] = per.get(ce.cluster, 0) + 1
-        for cluster, n in per.items():
+        for cluster, n in collections.Counter(map(_cluster_of, items)).items():  # per batch, counted in C
             self.counts.add(f"cluster_engagements:{cluster}", n)
 
     def _count_items(self, items: list[EmbeddedItem]) -> None:
@@ -574,7 +575,7 @@ class Job:
             return sorted(self.pairs.values(), key=lambda s: (-s.support, s.pair))[:n]
 
     def _clusters_json(self) -> dict[str, Any]:
-        """The codebook's clusters with what this run saw of them: items, novel items, engagements, drift."""
+        """The codebook's clusters with what this run saw of them: items assigned, engagements, drift status."""
         c = self.counts.snapshot()
         drift = {} if self.live is None else self.live.drift
         cb = self.codebook
