@@ -56,12 +56,18 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--backends", default="onnx,onnx-int8,torch")
     p.add_argument("--model", default=None, help="model name or path (default: all-MiniLM-L6-v2, offline)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="texts per model call inside a backend (default: the job's DRIFTRAG_EMBEDDING__BATCH_SIZE "
+                        "default, what the pipeline passes)")
     args = p.parse_args()
 
     import onnxruntime as ort
     import torch
     from sentence_transformers import SentenceTransformer
 
+    from streams.settings import EmbeddingSettings
+
+    batch_size = args.batch_size or EmbeddingSettings().batch_size
     texts = generator_texts(args.texts)
     log(f"{len(texts)} generator texts, mean {statistics.mean(len(t) for t in texts):.0f} chars")
     cuda = torch.cuda.is_available()
@@ -76,7 +82,7 @@ def main() -> int:
     names = {}
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         try:
-            emb = make_embedder(backend, args.model)
+            emb = make_embedder(backend, args.model, batch_size=batch_size)
         except ImportError as e:  # e.g. onnxruntime-gpu not installed: say so, measure the rest
             log(f"{backend}: skipped ({e})")
             continue
@@ -89,6 +95,7 @@ def main() -> int:
         "benchmark": "embed",
         "texts": len(texts),
         "repeats": args.repeats,
+        "batch_size": batch_size,
         "texts_per_s": med,
         "backend_devices": names,
         "default_backend": default,

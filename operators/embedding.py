@@ -154,7 +154,9 @@ class TorchEmbedder:
         if device.startswith("cuda"):
             self._st.half()
         self.batch_size = batch_size
-        self.dim = int(self._st.get_sentence_embedding_dimension())
+        # sentence-transformers >= 5.x renamed the method (the old name warns, and may go in a later major).
+        dim = getattr(self._st, "get_embedding_dimension", None) or self._st.get_sentence_embedding_dimension
+        self.dim = int(dim())
         self.name = f"torch/{device}" + ("-fp16" if device.startswith("cuda") else "")
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

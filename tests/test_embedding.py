@@ -138,30 +138,7 @@ def test_codebook_dimension_mismatch_is_clear(onnx_embedder):
         ContentEmbedder(onnx_embedder, Wrong())
 
 
-cuda = pytest.mark.skipif(
-    not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (the CPU paths are tested above)")
-
-
-@pytest.mark.gpu
-@cuda
-def test_torch_fp16_on_cuda(texts, torch_vecs):
-    e = make_embedder("torch", device="cuda")
-    assert e.name == "torch/cuda-fp16"
-    assert ((e.encode(texts) * torch_vecs).sum(1)).min() >= 0.99
-
-
-@pytest.mark.gpu
-@cuda
-def test_onnx_on_cuda_or_clear_error(texts, torch_vecs):
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        with pytest.raises(ImportError, match="onnxruntime-gpu"):
-            make_embedder("onnx", device="cuda")
-        return
-    e = make_embedder("onnx", device="cuda")
-    assert e.name == "onnx/cuda-fp16"
-    assert ((e.encode(texts) * torch_vecs).sum(1)).min() >= 0.99
+# The CUDA paths are in tests/test_gpu.py (no faiss or Kafka needed, so it runs on a bare GPU machine).
 
 
 def test_fp16_export_for_cuda_is_correct_on_cpu(texts, onnx_embedder, tmp_path):

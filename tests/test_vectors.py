@@ -241,27 +241,6 @@ def test_should_compact_cases():
     assert should_compact(3, 2, min_dead=2, max_dead_fraction=0.25)
 
 
-@pytest.mark.gpu
-def test_gpu_backend_matches_cpu(monkeypatch):
-    """The torch fallback of backend 'gpu' (what runs where torch sees CUDA but faiss has no GPU support)."""
-    if vectors_mod._torch_gpu_count() == 0:
-        pytest.skip("no CUDA GPU visible to torch")
-    monkeypatch.setattr(vectors_mod, "_faiss_gpu_count", lambda: 0)
-    rng = np.random.default_rng(11)
-    vecs = unit(rng, 500, 32)
-    gpu = SlotVectorIndex(32, capacity=8, backend="gpu", min_dead_to_compact=10)
-    assert gpu.search_path == "torch-cuda"
-    gpu.apply({f"i{j}": vecs[j] for j in range(500)})
-    gpu.apply(deletes=[f"i{j}" for j in range(0, 500, 3)])
-    gpu.apply({f"i{j}": vecs[(j + 7) % 500] for j in range(1, 200, 3)})
-    ids, mat = state(gpu)
-    queries = unit(rng, 10, 32)
-    hits = gpu.search_latest(queries, k=10)
-    want_ids, want_scores = brute(ids, mat, queries, 10)
-    assert hits.ids == want_ids
-    np.testing.assert_allclose(hits.scores, want_scores, rtol=1e-4, atol=1e-5)
-
-
 @pytest.mark.parametrize(("backend", "approx_threshold"),
                          [("cpu", None), ("faiss-cpu", None), ("cpu", 16), ("faiss-cpu", 16)])
 def test_readers_see_one_consistent_version_while_a_writer_writes(backend, approx_threshold):
