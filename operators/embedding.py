@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -35,7 +36,7 @@ BACKENDS = ("auto", "onnx", "onnx-int8", "torch")
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {"default", "all-MiniLM-L6-v2", DEFAULT_MODEL}
 # Bump when the export recipe changes, so old cached exports are not reused.
-_EXPORT_RECIPE = "2"
+_EXPORT_RECIPE = "3"
 
 
 class Embedder(Protocol):
@@ -216,6 +217,45 @@ def export_key(model_dir: Path, *, quantize: bool, fp16: bool) -> str:
     return h.hexdigest()[:16]
 
 
+def _export_fp32(model_dir: Path, dst: Path) -> None:
+    """The transformer's ``last_hidden_state`` as fp32 ONNX through ``torch.onnx`` (the TorchScript exporter:
+    no onnxscript needed). Done here rather than with optimum, whose exporter does not support transformers 5.
+    Eager attention traces to plain ONNX ops; a padded row in the example keeps the mask path in the graph."""
+    import inspect
+
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").float().eval()
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in inspect.signature(model.forward).parameters:
+        names.append("token_type_ids")
+
+    class Hidden(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, *xs):
+            return self.m(**dict(zip(names, xs, strict=True))).last_hidden_state
+
+    ids = torch.ones((2, 8), dtype=torch.int64)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # a padded row, so no "mask is all ones" shortcut is traced in
+    dummy = (ids, mask, torch.zeros_like(ids))[:len(names)]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False  # torch >= 2.9 defaults to the dynamo exporter, which needs onnxscript
+    with torch.no_grad(), warnings.catch_warnings():
+        # Deprecated (not removed) in torch >= 2.9; the dynamo exporter would add onnxscript to our dependencies.
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(Hidden(), dummy, str(dst), input_names=names, output_names=["last_hidden_state"],
+                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]},
+                          opset_version=17, **kwargs)
+
+
 def export_onnx(model_dir: Path, cache_dir: Path, *, quantize: bool = False, fp16: bool = False) -> Path:
     """The cached ONNX export of ``model_dir`` (transformer only; pooling runs in numpy). Built once."""
     key = export_key(model_dir, quantize=quantize, fp16=fp16)
@@ -225,12 +265,9 @@ def export_onnx(model_dir: Path, cache_dir: Path, *, quantize: bool = False, fp1
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".export-"))
     try:
-        from optimum.exporters.onnx import main_export
-
         log.warning("exporting %s to ONNX (once; cached in %s)", model_dir, out)
-        main_export(str(model_dir), output=str(tmp / "fp32"), task="feature-extraction",
-                    library_name="transformers", do_validation=False)
         src = tmp / "fp32" / "model.onnx"
+        _export_fp32(model_dir, src)
         if quantize:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
