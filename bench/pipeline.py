@@ -12,7 +12,9 @@ What is measured, and the peer each figure stands beside (all in the same run, o
   ``--repeats``. Warm embeddings: the codebook is built and saved before timing, the embedding model is loaded,
   and the job starts from an embedding cache holding the catalogue's vectors (a job that has been running, or
   was restarted onto a known catalogue); content events still pass the cache, the clusters and the index.
-  ``cold_file_events_per_s``: one run with an empty cache (every catalogue text embedded in the run).
+  ``cold_file_events_per_s``: one run with an empty cache (every catalogue text embedded in the run);
+  ``restart_from_store_file_events_per_s``: the run after it, memory empty again, vectors read back from the
+  on-disk embedding store (what a restarted job with ``DRIFTRAG_EMBEDDING__STORE_DIR`` does).
   Peer: ``file_validate_only_events_per_s`` (the same files with ``--no-clusters``: what the stages cost).
 - ``kafka_events_per_s``: the same job (also in process, model warm) reading the workload from a local broker
   with ``--no-tail``; in Kafka mode its mutations go to the ``index-mutations`` changelog topic, as deployed.
@@ -151,9 +153,19 @@ def bench_file(data: Path, codebooks: Path, repeats: int, cache: EmbeddingCache)
             f"(embedding {summary['embed_seconds']:.2f}s; index items {ix.get('items')}, pairs {ix.get('pairs')})")
     nodrift, nodrift_dt = timed_run(make_job([*files, "--codebook-dir", str(codebooks), "--no-drift"], cache))
     log(f"file run without drift detection: {nodrift['messages'] / nodrift_dt:,.0f}/s")
-    cold, cold_dt = timed_run(make_job([*files, "--codebook-dir", str(codebooks)]))
-    log(f"file run with an empty embedding cache: {cold['messages'] / cold_dt:,.0f}/s "
-        f"(embedding {cold['embed_seconds']:.2f}s)")
+    # Cold: an empty cache, every catalogue text embedded in the run (and written to an on-disk store); then a
+    # restart: empty memory again, the vectors read back from that store (DRIFTRAG_EMBEDDING__STORE_DIR).
+    store_dir = data.parent / "embedding-store"
+    os.environ["DRIFTRAG_EMBEDDING__STORE_DIR"] = str(store_dir)
+    try:
+        cold, cold_dt = timed_run(make_job([*files, "--codebook-dir", str(codebooks)]))
+        log(f"file run with an empty embedding cache: {cold['messages'] / cold_dt:,.0f}/s "
+            f"(embedding {cold['embed_seconds']:.2f}s)")
+        restart, restart_dt = timed_run(make_job([*files, "--codebook-dir", str(codebooks)]))
+        log(f"file run after a restart, vectors from the embedding store: {restart['messages'] / restart_dt:,.0f}/s "
+            f"(lookups {restart['embedding_lookups']})")
+    finally:
+        del os.environ["DRIFTRAG_EMBEDDING__STORE_DIR"]
     summary, dt = timed_run(make_job([*files, "--no-clusters"]))
     log(f"file validate-only: {summary['messages'] / dt:,.0f}/s")
     return {
@@ -166,6 +178,8 @@ def bench_file(data: Path, codebooks: Path, repeats: int, cache: EmbeddingCache)
         "file_no_drift_events_per_s": rnd(nodrift["messages"] / nodrift_dt),
         "cold_file_events_per_s": rnd(cold["messages"] / cold_dt),
         "cold_embed_share_of_run": round(cold["embed_seconds"] / cold_dt, 3),
+        "restart_from_store_file_events_per_s": rnd(restart["messages"] / restart_dt),
+        "restart_embedding_lookups": restart["embedding_lookups"],
         "file_validate_only_events_per_s": rnd(summary["messages"] / dt),
         # Source read -> applied, in process, while running flat out: queueing inside a saturated run, not the
         # produce-to-visible latency (that is freshness_*_ms below).

@@ -42,8 +42,7 @@ class ContentEmbedder:
     def vectors(self, texts: Sequence[str]) -> np.ndarray:
         out = np.empty((len(texts), self.embedder.dim), np.float32)
         missing: dict[str, list[int]] = {}
-        for i, t in enumerate(texts):
-            v = self.cache.get(t)
+        for i, (t, v) in enumerate(zip(texts, self.cache.get_many(texts), strict=True)):
             if v is None:
                 missing.setdefault(t, []).append(i)  # a text twice in one batch is embedded once
             else:
@@ -51,9 +50,9 @@ class ContentEmbedder:
         if missing:
             new = self.embedder.encode(list(missing))
             self.embedded_texts += len(missing)
-            for (t, rows), v in zip(missing.items(), new, strict=True):
-                self.cache.put(t, v)
+            for rows, v in zip(missing.values(), new, strict=True):
                 out[rows] = v
+            self.cache.put_many(list(zip(missing, new, strict=True)))
         return out
 
     def embed(self, events: Sequence[Any]) -> list[EmbeddedItem]:

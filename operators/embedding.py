@@ -26,7 +26,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -208,12 +208,32 @@ def _materialize(model: str, cache_dir: Path) -> Path:
     return local
 
 
-def export_key(model_dir: Path, *, quantize: bool, fp16: bool) -> str:
-    """Cache key of an export: the model's weights and config files, the recipe, and the options."""
-    h = hashlib.sha256(f"recipe={_EXPORT_RECIPE};int8={quantize};fp16={fp16}".encode())
+def _hash_model_files(h: Any, model_dir: Path) -> None:
     for f in sorted(model_dir.glob("*.json")) + sorted(model_dir.glob("*.safetensors")):
         st = f.stat()
         h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+
+
+def export_key(model_dir: Path, *, quantize: bool, fp16: bool) -> str:
+    """Cache key of an export: the model's weights and config files, the recipe, and the options."""
+    h = hashlib.sha256(f"recipe={_EXPORT_RECIPE};int8={quantize};fp16={fp16}".encode())
+    _hash_model_files(h, model_dir)
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(model: str | os.PathLike | None) -> str:
+    """What changes a model's vectors, for caches of them: a local directory's weight and config files (name,
+    size, mtime) and the export recipe; a hub name stands for itself.
+
+    >>> model_fingerprint("default") == model_fingerprint(None) != model_fingerprint("some/hub-model")
+    True
+    """
+    path = Path(resolve_model(model))
+    h = hashlib.sha256(f"recipe={_EXPORT_RECIPE}".encode())
+    if path.is_dir():
+        _hash_model_files(h, path)
+    else:
+        h.update(str(model).encode())
     return h.hexdigest()[:16]
 
 

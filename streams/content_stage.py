@@ -30,7 +30,8 @@ from operators.item_join import ItemClusterJoin
 from operators.microbatch import MicroBatcher
 from streams.contract import ContentEvent, Engagement
 
-CACHE_LOOKUPS = Counter("driftrag_embedding_cache_total", "Embedding cache lookups", ["result"])
+CACHE_LOOKUPS = Counter("driftrag_embedding_cache_total",
+                        "Embedding cache lookups: hit (memory), store (on disk), miss (embedded)", ["result"])
 EMBED_BATCH = Histogram("driftrag_embed_batch_size", "Texts per embedding micro-batch",
                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 EMBED_SECONDS = Histogram("driftrag_embed_batch_seconds", "Time to embed and assign one micro-batch")
@@ -69,6 +70,8 @@ class ClusteringConfig:
     max_wait_ms: int = 600_000
     shards: int = 1
     cache: EmbeddingCache | None = None  # a warm cache to start from (else a new one of cache_entries)
+    # Persistent embeddings behind the cache: (model's embedder) -> store, opened once per process.
+    store_factory: Callable[[Any], Any] | None = None
 
 
 class ProcessEmbedder:
@@ -81,7 +84,10 @@ class ProcessEmbedder:
     @cached_property
     def content(self) -> ContentEmbedder:
         cache = self.config.cache if self.config.cache is not None else EmbeddingCache(self.config.cache_entries)
-        return ContentEmbedder(self.config.embedder_factory(), self.config.codebook, cache)
+        embedder = self.config.embedder_factory()
+        if cache.store is None and self.config.store_factory is not None:
+            cache.store = self.config.store_factory(embedder)
+        return ContentEmbedder(embedder, self.config.codebook, cache)
 
     def known(self, text: str) -> bool:
         """Whether the text's vector is cached (a peek: no hit or miss is counted)."""
@@ -92,9 +98,10 @@ class ProcessEmbedder:
         t0 = time.perf_counter()
         with self._lock:
             ce = self.content
-            hits0, misses0 = ce.cache.hits, ce.cache.misses
+            hits0, stored0, misses0 = ce.cache.hits, ce.cache.store_hits, ce.cache.misses
             out = ce.embed(batch)
             CACHE_LOOKUPS.labels("hit").inc(ce.cache.hits - hits0)
+            CACHE_LOOKUPS.labels("store").inc(ce.cache.store_hits - stored0)
             CACHE_LOOKUPS.labels("miss").inc(ce.cache.misses - misses0)
         EMBED_BATCH.observe(len(batch))
         EMBED_SECONDS.observe(time.perf_counter() - t0)

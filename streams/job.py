@@ -74,6 +74,12 @@ def _unresolved() -> int:
     return int(REGISTRY.get_sample_value("driftrag_engagements_unresolved_total") or 0)
 
 
+def _embedding_lookups() -> dict[str, int]:
+    """Content-stage lookups so far in this process: hit (memory), store (on disk), miss (the model ran)."""
+    return {r: int(REGISTRY.get_sample_value("driftrag_embedding_cache_total", {"result": r}) or 0)
+            for r in ("hit", "store", "miss")}
+
+
 def say(msg: str) -> None:
     print(f"[driftrag] {msg}", file=sys.stderr, flush=True)
 
@@ -187,6 +193,8 @@ class Job:
         else:
             self.dead_letter_sink = CallbackSink(lambda items: None)
         self._unresolved_at_start = _unresolved()
+        self._lookups_at_start = _embedding_lookups()
+        self.warm_cache: dict[str, int] | None = None  # texts embedded up front (replay, --warm-cache)
         self.pairs: dict[tuple[int, int], PairState] = {}
         self._pairs_lock = threading.Lock()
         self.clustering = None if args.no_clusters else self._clustering()
@@ -356,16 +364,35 @@ class Job:
         embedder = functools.cache(lambda: make_embedder(es.backend, es.model, batch_size=es.batch_size))
         warm = [p for p in (self.args.items, self.args.events) if p is not None] if self.replay else []
         warm += getattr(self.args, "warm_cache", None) or []
-        cache = self._embed_all_texts(embedder, warm) if warm else None
-        self.codebook = self._codebook(embedder, cs, cache)
+        store = self._embedding_store_factory()
+        cache = self._embed_all_texts(embedder, warm, store) if warm else None
+        self.codebook = self._codebook(embedder, cs, cache, store)
         n_proc = len(self.args.addresses.split(";")) if self.args.addresses else 1
         return ClusteringConfig(
             embedder_factory=embedder, codebook=self.codebook, max_batch=es.batch_size,
             max_latency_s=es.max_latency_ms / 1000, cache_entries=es.cache_entries,
             max_pending=es.max_pending_per_item, max_wait_ms=es.max_wait_ms,
-            shards=n_proc * self.settings.run.workers_per_process, cache=cache)
+            shards=n_proc * self.settings.run.workers_per_process, cache=cache, store_factory=store)
 
-    def _embed_all_texts(self, embedder, paths: list[Path]):  # noqa: ANN001, ANN202
+    def _embedding_store_factory(self):  # noqa: ANN202
+        """Opens the on-disk embeddings of an embedder (``embedding.store_dir``), or None when unset."""
+        es = self.settings.embedding
+        if es.store_dir is None:
+            return None
+        from index.embedding_store import EmbeddingStore
+        from operators.embedding import model_fingerprint
+
+        @functools.cache  # one connection per embedder (per process): the bootstrap and the stream share it
+        def open_store(embedder):  # noqa: ANN001, ANN202
+            store = EmbeddingStore.for_embedder(es.store_dir, embedder, model=model_id(es.model),
+                                                fingerprint=model_fingerprint(es.model),
+                                                max_entries=es.store_max_entries)
+            say(f"embedding store {store.path} ({len(store):,} vectors)")
+            return store
+
+        return open_store
+
+    def _embed_all_texts(self, embedder, paths: list[Path], store_factory=None):  # noqa: ANN001, ANN202
         """Embed every distinct content text of these JSONL files (content events, and engagements' inline text) up
         front, in large batches, into the cache the content stage starts from: the job then never waits on the
         model for them. Replay does this for its own files; `--warm-cache` for a known catalogue."""
@@ -387,16 +414,19 @@ class Job:
                                 texts[ev.text] = None
                             break
         emb = embedder()
-        cache = EmbeddingCache(max(self.settings.embedding.cache_entries, len(texts)))
+        cache = EmbeddingCache(max(self.settings.embedding.cache_entries, len(texts)),
+                               store=store_factory(emb) if store_factory else None)
         fill = ContentEmbedder(emb, None, cache).vectors  # embeds what the cache lacks, and keeps it
         todo, chunk, t0 = list(texts), 4096, time.monotonic()
         for i in range(0, len(todo), chunk):
             fill(todo[i:i + chunk])
-            say(f"embedded {min(i + chunk, len(todo)):,}/{len(todo):,} known content texts ({emb.name}, "
+            stored = f", {cache.store_hits:,} from the store" if cache.store is not None else ""
+            say(f"embedded {min(i + chunk, len(todo)):,}/{len(todo):,} known content texts ({emb.name}{stored}, "
                 f"{time.monotonic() - t0:.1f}s)")
+        self.warm_cache = {"texts": len(todo), "from_store": cache.store_hits, "embedded": cache.misses}
         return cache
 
-    def _codebook(self, embedder, cs, cache=None):  # noqa: ANN001, ANN202
+    def _codebook(self, embedder, cs, cache=None, store_factory=None):  # noqa: ANN001, ANN202
         """The current codebook of the store; without one, bootstrap it from this run's own content."""
         from index.codebooks import CodebookStore
         from operators.clusters import build_codebook
@@ -417,6 +447,10 @@ class Job:
         emb = embedder()
         say(f"no codebook in {cs.codebook_dir}: bootstrapping {cs.k} clusters from {len(texts):,} items "
             f"({emb.name})")
+        if cache is None and store_factory is not None:  # a restart re-bootstraps from stored vectors
+            from operators.embedding_cache import EmbeddingCache
+
+            cache = EmbeddingCache(0, store=store_factory(emb))
         vectors = emb.encode(texts) if cache is None else ContentEmbedder(emb, None, cache).vectors(texts)
         cb = build_codebook(vectors, texts, cs.k, model=model_id(self.settings.embedding.model))
         labels = "; ".join(f"{c}: {cb.label(c)}" for c in range(min(cb.k, 4))) + (" ..." if cb.k > 4 else "")
@@ -550,6 +584,9 @@ class Job:
             "engagements_clustered": c.get("clustered_engagements", 0),
             # What fell out of the bounded wait for content during this run (the metric is process-wide).
             "engagements_unresolved": _unresolved() - self._unresolved_at_start,
+            # Content texts in the stream: vector from memory, from the on-disk store, or embedded by the model.
+            "embedding_lookups": {r: n - self._lookups_at_start[r] for r, n in _embedding_lookups().items()},
+            **({"warm_cache": self.warm_cache} if self.warm_cache else {}),
             "top_clusters": [{"cluster": k, "label": self.codebook.label(k), "items": n} for k, n in top],
             "triples": c.get("triples", 0),
             "pairs": len(self.pairs),

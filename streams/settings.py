@@ -131,6 +131,10 @@ class EmbeddingSettings(BaseModel):
     batch_size: int = Field(256, ge=1)
     max_latency_ms: float = Field(20.0, ge=0)  # a micro-batch closes this long after its first text
     cache_entries: int = Field(50_000, ge=0)  # embeddings kept by content hash, per process
+    # Embeddings also kept on disk here (one SQLite file per model and backend), so a restarted job does not
+    # embed its catalogue again; unset: memory only. Bounded to store_max_entries (~1.6 KB each at 384-d).
+    store_dir: Path | None = None
+    store_max_entries: int = Field(1_000_000, ge=1)
     max_pending_per_item: int = Field(1000, ge=0)  # engagements waiting for their item's content
     max_wait_ms: int = Field(600_000, ge=0)  # ... for at most this long (processing time)
 

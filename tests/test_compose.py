@@ -56,12 +56,16 @@ def test_env_override_reaches_settings(monkeypatch):
     assert Settings().kafka.bootstrap_servers == "kafka:19092"
 
 
-def test_codebooks_live_on_the_job_volume(monkeypatch):
+def test_codebooks_and_stored_embeddings_live_on_the_job_volume(monkeypatch):
     job = COMPOSE["services"]["job"]
     codebooks = job["environment"]["DRIFTRAG_CLUSTERS__CODEBOOK_DIR"]
-    assert any(codebooks.startswith(v.split(":")[1]) for v in job["volumes"])
+    embeddings = job["environment"]["DRIFTRAG_EMBEDDING__STORE_DIR"]
+    for path in (codebooks, embeddings):
+        assert any(path.startswith(v.split(":")[1]) for v in job["volumes"])
     monkeypatch.setenv("DRIFTRAG_CLUSTERS__CODEBOOK_DIR", codebooks)
-    assert str(Settings().clusters.codebook_dir) == codebooks
+    monkeypatch.setenv("DRIFTRAG_EMBEDDING__STORE_DIR", embeddings)
+    s = Settings()
+    assert str(s.clusters.codebook_dir) == codebooks and str(s.embedding.store_dir) == embeddings
 
 
 def test_query_service_port_snapshots_and_health():
