@@ -28,7 +28,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from streams.content_stage import ClusteringConfig, cluster_events
+from streams.content_stage import ClusteringConfig, cluster_events, tally_items
 from streams.contract import ContentEvent, DeadLetter, Engagement, Validator
 from streams.drift_stage import drift_alerts_and_status
 from streams.index_stage import index_mutations
@@ -96,7 +96,7 @@ def build_flow(
         if cadence_sink is not None:
             op.output("write_cadence", cadence_events, cadence_sink)
     if mutations_sink is not None:
-        mutations = index_mutations(items, clustered, pair_states)
+        mutations = index_mutations(items, tally_items(clustered), pair_states)
         if drift_status is not None:
             mutations = op.merge("index_and_drift_mutations", mutations, drift_status)
         op.output("write_index_mutations", mutations, mutations_sink)

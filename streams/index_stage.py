@@ -1,7 +1,7 @@
 """Dataflow steps from embedded items, clustered engagements and pair states to index mutations.
 
     EmbeddedItem        -> item_to_mutation                     item:{id}   vector + payload
-    ClusteredEngagement -> stats_to_mutation (latest per item)  stats:{id}  the tally the item join keeps
+    ClusteredEngagement -> stats_to_mutation (latest per item)  stats:{id}  the item's tally (tally_items)
     PairState           -> pair_to_mutation (latest per pair)   pair:c1,c2  every successor, ranked
 
 Every mutation is the full current state of its key (see ``index/mutations.py``), so the sinks downstream are
@@ -25,7 +25,7 @@ def item_to_mutation(i: EmbeddedItem) -> Mutation:
 
 
 def latest_stats_to_mutations(clustered: list[ClusteredEngagement]) -> list[Mutation]:
-    """One stats mutation per item of a batch, from its latest tally (the join step keeps the tally)."""
+    """One stats mutation per item of a batch, from its latest tally (``content_stage.tally_items``)."""
     latest = {ce.engagement.item_id: ce for ce in clustered}
     out = []
     for item_id, ce in latest.items():

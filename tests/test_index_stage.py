@@ -1,8 +1,8 @@
-"""Dataflow -> index mutations: one per key per batch, the latest state, and the item tally the join keeps."""
+"""Dataflow -> index mutations: one per key per batch, the latest state; the user-shard join and the item tally."""
 
 from __future__ import annotations
 
-from streams.content_stage import ClusteredEngagement, _join_step, tally
+from streams.content_stage import ClusteredEngagement, ItemTally, UserShardJoin, tally
 from streams.contract import Engagement
 from streams.index_stage import latest_pairs_to_mutations, latest_stats_to_mutations
 from streams.transitions_stage import PairState
@@ -19,16 +19,26 @@ def test_tally_counts_engagements_positives_and_seen_times():
     assert stats == (3, 2, 10, 50)
 
 
-def test_join_step_releases_waiting_engagements_with_their_tally():
+def test_user_shard_join_releases_waiting_engagements_in_order_and_snapshots():
     from operators.content import EmbeddedItem
 
-    step = _join_step(max_pending=10, max_wait_ms=60_000)
-    state, out = step(None, eng("i", 1))
-    assert out == []  # waits for the item's cluster
-    state, out = step(state, EmbeddedItem("i", 0, 4, 0.1, False, None, "text"))
-    assert [(ce.cluster, ce.item_stats) for ce in out] == [(4, (1, 1, 1, 1))]
-    state, out = step(state, eng("i", 5, positive=False))
-    assert [(ce.cluster, ce.item_stats) for ce in out] == [(4, (2, 1, 1, 5))]
+    join = UserShardJoin(max_pending=10, max_wait_ms=60_000)
+    item = EmbeddedItem("i", 0, 4, 0.1, False, None, "text")
+    assert join.on_batch([eng("i", 1), eng("i", 2)])[0] == []  # both wait for the item's cluster
+    out, retain = join.on_batch([item, eng("i", 3), eng("j", 4)])
+    assert [(ce.engagement.ts_ms, ce.cluster) for ce in out] == [(1, 4), (2, 4), (3, 4)] and retain is False
+    again = UserShardJoin(10, 60_000, join.snapshot())  # recovery: j still waits, i is known
+    assert [ce.engagement.ts_ms for ce in again.on_batch([eng("i", 5)])[0]] == [5]
+    out, _ = again.on_batch([EmbeddedItem("j", 0, 7, 0.1, False, None, "text")])
+    assert [(ce.engagement.item_id, ce.cluster) for ce in out] == [("j", 7)]
+
+
+def test_item_tally_sends_the_latest_engagement_of_a_batch_with_the_tally():
+    t = ItemTally()
+    out, _ = t.on_batch([ClusteredEngagement(eng("i", 1), 4), ClusteredEngagement(eng("i", 5, positive=False), 4)])
+    assert [(ce.engagement.ts_ms, ce.item_stats) for ce in out] == [(5, (2, 1, 1, 5))]
+    out, _ = ItemTally(t.snapshot()).on_batch([ClusteredEngagement(eng("i", 3), 4)])
+    assert out[0].item_stats == (3, 2, 1, 5)
 
 
 def test_one_stats_mutation_per_item_per_batch_with_the_latest_tally():
