@@ -34,7 +34,7 @@ from prometheus_client import Counter, Histogram
 
 from operators.content import ContentEmbedder, EmbeddedItem
 from operators.embedding_cache import EmbeddingCache
-from operators.item_join import ItemClusterJoin
+from operators.item_join import OrderedItemJoin
 from operators.microbatch import MicroBatcher
 from streams.contract import ContentEvent, Engagement
 
@@ -171,47 +171,41 @@ def inline_text_as_content(e: Engagement | ContentEvent) -> ContentEvent | None:
 
 
 class UserShardJoin(StatefulBatchLogic):
-    """One user shard's side of the item join: every item's cluster (content reaches every shard) and this
-    shard's engagements still waiting for their item's content (bounded per item by count and processing-time
-    age, see :class:`ItemClusterJoin`). Known items cost one dict lookup; a batch is one call.
-
-    The snapshot is the cluster map and the waiting lists: plain dicts of immutable values, so a copy per epoch
-    stays cheap for a large catalogue (a dict copy, not a deep copy of per-item objects)."""
+    """One user shard's item join (:class:`OrderedItemJoin`: every item's cluster, content reaching every shard;
+    this shard's engagements waiting for content, each user's in arrival order), with its metrics. A batch is one
+    call; known items cost one dict lookup. The snapshot is plain dicts of immutable values, so a copy per epoch
+    stays cheap for a large catalogue."""
 
     def __init__(self, max_pending: int, max_wait_ms: int, resume: tuple | None = None) -> None:
-        self.max_pending, self.max_wait_ms = max_pending, max_wait_ms
-        self.clusters: dict[str, int] = {}
-        self.waiting: dict[str, ItemClusterJoin] = {}
-        if resume is not None:
-            clusters, waiting = resume
-            self.clusters = dict(clusters)
-            self.waiting = {k: ItemClusterJoin.from_snapshot(v, max_pending, max_wait_ms) for k, v in waiting.items()}
+        self.join = (OrderedItemJoin(max_pending, max_wait_ms) if resume is None
+                     else OrderedItemJoin.from_snapshot(resume, max_pending, max_wait_ms))
 
     def on_batch(self, values: list[EmbeddedItem | Engagement]) -> tuple[list[ClusteredEngagement], bool]:
-        out: list[ClusteredEngagement] = []
-        clusters, waiting = self.clusters, self.waiting
+        join = self.join
+        now_ms = int(time.time() * 1000)
+        released, dropped = join.expire(now_ms)
+        out = [ClusteredEngagement(e, c) for e, c in released]
+        if dropped:
+            ENGAGEMENTS_UNRESOLVED.inc(dropped)
+        clusters, held = join.clusters, join.queues
         for v in values:
             if type(v) is EmbeddedItem:
-                clusters[v.item_id] = v.cluster
-                join = waiting.pop(v.item_id, None)
-                if join is not None:
-                    out += [ClusteredEngagement(e, c) for e, c in join.on_item(v.cluster, v.distance)]
+                out += [ClusteredEngagement(e, c) for e, c in join.on_item(v.item_id, v.cluster)]
                 continue
             c = clusters.get(v.item_id)
-            if c is not None:  # the common case: the item is known; no clock, no waiting list
+            if c is not None and v.user_id not in held:  # the common case, inlined: released at once
                 out.append(ClusteredEngagement(v, c))
                 continue
-            join = waiting.get(v.item_id)
-            if join is None:
-                join = waiting[v.item_id] = ItemClusterJoin(self.max_pending, self.max_wait_ms)
-            _, dropped = join.on_engagement(v, int(time.time() * 1000))
-            ENGAGEMENTS_WAITING.inc()
+            released, dropped = join.on_engagement(v, now_ms)
+            if not any(e is v for e, _ in released):
+                ENGAGEMENTS_WAITING.inc()
             if dropped:
                 ENGAGEMENTS_UNRESOLVED.inc(dropped)
+            out += [ClusteredEngagement(e, c) for e, c in released]
         return out, StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> tuple[dict[str, int], dict[str, tuple]]:
-        return dict(self.clusters), {k: j.snapshot() for k, j in self.waiting.items()}
+    def snapshot(self) -> tuple:
+        return self.join.snapshot()
 
 
 class ItemTally(StatefulBatchLogic):

@@ -135,7 +135,9 @@ class EmbeddingSettings(BaseModel):
     # embed its catalogue again; unset: memory only. Bounded to store_max_entries (~1.6 KB each at 384-d).
     store_dir: Path | None = None
     store_max_entries: int = Field(1_000_000, ge=1)
-    max_pending_per_item: int = Field(1000, ge=0)  # engagements waiting for their item's content
+    # Engagements waiting for their item's content (operators.item_join): at most this many users per item and
+    # shard, and this many engagements queued per user; 0: content must come first.
+    max_pending_per_item: int = Field(1000, ge=0)
     max_wait_ms: int = Field(600_000, ge=0)  # ... for at most this long (processing time)
 
     @field_validator("backend")

@@ -19,18 +19,25 @@ def test_tally_counts_engagements_positives_and_seen_times():
     assert stats == (3, 2, 10, 50)
 
 
-def test_user_shard_join_releases_waiting_engagements_in_order_and_snapshots():
+def test_user_shard_join_releases_each_users_engagements_in_order_and_snapshots():
     from operators.content import EmbeddedItem
 
+    def item(item_id: str, cluster: int) -> EmbeddedItem:
+        return EmbeddedItem(item_id, 0, cluster, 0.1, False, None, "text")
+
+    def released(out: list[ClusteredEngagement]) -> list[tuple[str, int, int]]:
+        return [(ce.engagement.user_id, ce.engagement.ts_ms, ce.cluster) for ce in out]
+
     join = UserShardJoin(max_pending=10, max_wait_ms=60_000)
-    item = EmbeddedItem("i", 0, 4, 0.1, False, None, "text")
     assert join.on_batch([eng("i", 1), eng("i", 2)])[0] == []  # both wait for the item's cluster
-    out, retain = join.on_batch([item, eng("i", 3), eng("j", 4)])
-    assert [(ce.engagement.ts_ms, ce.cluster) for ce in out] == [(1, 4), (2, 4), (3, 4)] and retain is False
-    again = UserShardJoin(10, 60_000, join.snapshot())  # recovery: j still waits, i is known
-    assert [ce.engagement.ts_ms for ce in again.on_batch([eng("i", 5)])[0]] == [5]
-    out, _ = again.on_batch([EmbeddedItem("j", 0, 7, 0.1, False, None, "text")])
-    assert [(ce.engagement.item_id, ce.cluster) for ce in out] == [("j", 7)]
+    out, retain = join.on_batch([item("i", 4), eng("i", 3), eng("j", 4)])
+    assert released(out) == [("u", 1, 4), ("u", 2, 4), ("u", 3, 4)] and retain is False
+    # u waits for j; u's next engagement, on a known item, queues behind it; another user's does not
+    out, _ = join.on_batch([eng("i", 5), Engagement("v", "i", "like", 6, True)])
+    assert released(out) == [("v", 6, 4)]
+    again = UserShardJoin(10, 60_000, join.snapshot())  # recovery keeps the clusters and the queue
+    out, _ = again.on_batch([item("j", 7)])
+    assert released(out) == [("u", 4, 7), ("u", 5, 4)]
 
 
 def test_item_tally_sends_the_latest_engagement_of_a_batch_with_the_tally():
