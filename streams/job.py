@@ -662,6 +662,14 @@ class Job:
             if "signal received" not in str(e):  # Bytewax reports Ctrl-C during a run this way
                 raise
             print("[driftrag] interrupted", file=sys.stderr)
+        except BaseException as e:
+            # A multi-process cluster whose peer stopped or died: Bytewax's Rust side panics in its network
+            # threads (pyo3's PanicException, a BaseException). Say what happened instead of a Rust traceback.
+            if type(e).__name__ != "PanicException" or not self.args.addresses:
+                raise
+            raise PeerLost(
+                f"the Bytewax cluster lost a peer process ({e}): a multi-process job stops when any process stops; "
+                "restart every process (with --recovery-dir they resume from the last snapshot)") from e
         finally:
             stop.set()
             gc.set_threshold(*gc_before)
@@ -711,12 +719,20 @@ def _recovery_config(db_dir: Path, backup_interval_s: float, args: argparse.Name
     return RecoveryConfig(str(db_dir), backup_interval=timedelta(seconds=backup_interval_s))
 
 
+class PeerLost(RuntimeError):
+    """Another process of this multi-process job stopped or died (exit status 3)."""
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.items is not None and args.events is None:
         print("driftrag run: --items needs --events", file=sys.stderr)
         return 2
     job = Job(args, settings)
     print(f"[driftrag] running the dataflow ({job.mode}); Ctrl-C stops it", file=sys.stderr, flush=True)
-    summary = job.run()
+    try:
+        summary = job.run()
+    except PeerLost as e:
+        print(f"driftrag run: {e}", file=sys.stderr, flush=True)
+        return 3
     print(json.dumps(summary), flush=True)
     return 0

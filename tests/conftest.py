@@ -116,12 +116,16 @@ def read_topic(kafka: KafkaSettings, topic: str) -> list[tuple[bytes | None, byt
     return [(k, v) for _, _, k, v in read_records(kafka, topic)]
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 60) -> None:
-    """Ctrl-C (the job's own clean stop), then kill if it does not end in ``timeout`` seconds."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+def stop_process(proc: subprocess.Popen | list[subprocess.Popen], timeout: float = 60) -> None:
+    """Ctrl-C (the job's own clean stop), then kill if it does not end in ``timeout`` seconds. Several processes
+    (one Bytewax cluster) are signalled together: each one's clean stop waits for the others."""
+    procs = proc if isinstance(proc, list) else [proc]
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
         try:
-            proc.wait(timeout)
+            p.wait(timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            p.kill()
+            p.wait()

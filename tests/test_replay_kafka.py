@@ -22,7 +22,7 @@ from streams.cli import main
 from streams.generator import GeneratorConfig, write_files
 from streams.settings import KafkaSettings, TopicSpec
 from streams.topics import ensure_topics
-from tests.conftest import read_topic, stop_process
+from tests.conftest import free_ports, read_topic, stop_process
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -61,15 +61,21 @@ def _messages_seen(log: Path) -> int:
     return int(found[-1].replace(",", "")) if found else 0
 
 
-def _wait_for(proc: subprocess.Popen, log: Path, n: int, timeout: float) -> None:
+def _alive(procs: list[subprocess.Popen], logs: list[Path]) -> None:
+    for proc, log in zip(procs, logs, strict=True):
+        if proc.poll() is not None:
+            raise AssertionError(f"a job exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+
+
+def _wait_for(procs: list[subprocess.Popen], logs: list[Path], n: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the job exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        if _messages_seen(log) >= n:
+        _alive(procs, logs)
+        if sum(map(_messages_seen, logs)) >= n:
             return
         time.sleep(0.5)
-    raise AssertionError(f"the job did not read {n:,} messages in {timeout}s:\n{log.read_text()[-3000:]}")
+    tails = "\n".join(log.read_text()[-2000:] for log in logs)
+    raise AssertionError(f"the job did not read {n:,} messages in {timeout}s:\n{tails}")
 
 
 def _end_offsets(kafka: KafkaSettings, topic: str) -> int:
@@ -84,14 +90,13 @@ def _end_offsets(kafka: KafkaSettings, topic: str) -> int:
         c.close()
 
 
-def _wait_until_quiet(kafka: KafkaSettings, proc: subprocess.Popen, log: Path, quiet_s: float = 3.0,
+def _wait_until_quiet(kafka: KafkaSettings, procs: list[subprocess.Popen], logs: list[Path], quiet_s: float = 3.0,
                       timeout: float = 180) -> None:
     """Until the job's changelog stops growing for ``quiet_s``: every message read has been through the flow."""
     topic = kafka.topic("index_mutations")
     last, since, deadline = -1, time.monotonic(), time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the job exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        _alive(procs, logs)
         n = _end_offsets(kafka, topic)
         if n != last:
             last, since = n, time.monotonic()
@@ -119,11 +124,14 @@ def replayed(tmp_path_factory):
     return events, items, codebooks, replay_out
 
 
-@pytest.mark.parametrize("partitions", [1, 3])
-def test_replay_and_kafka_give_the_same_successors_and_alerts(kafka_bootstrap, tmp_path, replayed, partitions):
+@pytest.mark.parametrize(("partitions", "processes", "workers"), [(1, 1, 1), (3, 1, 1), (3, 1, 2), (3, 2, 1)])
+def test_replay_and_kafka_give_the_same_successors_and_alerts(kafka_bootstrap, tmp_path, replayed, partitions,
+                                                              processes, workers):
     """One partition per topic: the same successors and the same alerts. Three (the default; each user's events
     in one partition, in order): the same successors; alerts are not compared, because the partitions interleave
-    differently in time and an hour can be scored before a slower partition's events of that hour arrived."""
+    differently in time and an hour can be scored before a slower partition's events of that hour arrived.
+    Scaled out (two workers in one process, or two processes of one worker each, the partitions spread over
+    them): still the same successors, because the item join keeps each user's engagements in order."""
     events, items, codebooks, replay_out = replayed
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"r{uuid.uuid4().hex[:8]}.")
     kafka = kafka.model_copy(update={"topics": {
@@ -132,31 +140,43 @@ def test_replay_and_kafka_give_the_same_successors_and_alerts(kafka_bootstrap, t
     ensure_topics(kafka)
     env = {**os.environ, "DRIFTRAG_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
            "DRIFTRAG_KAFKA__TOPIC_PREFIX": kafka.topic_prefix}
-    kafka_out, log = tmp_path / "kafka", tmp_path / "job.log"
     # The catalogue first, as a platform publishes it; the job takes it in before the engagements arrive.
     n_items = _produce(kafka, "items", items)
-    with log.open("ab") as f:
-        job = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "run", "--codebook-dir", str(codebooks), "--out", str(kafka_out),
-             "--no-api", "--warm-cache", str(items), "--warm-cache", str(events), "--progress-every", "0.5"],
-            env=env, stdout=f, stderr=f)
+    addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(processes))
+    jobs, logs, outs = [], [], []
+    for i in range(processes):
+        outs.append(tmp_path / f"kafka{i}")
+        logs.append(tmp_path / f"job{i}.log")
+        scale = ["-w", str(workers)] + (["-i", str(i), "-a", addresses] if processes > 1 else [])
+        with logs[i].open("ab") as f:
+            jobs.append(subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "run", "--codebook-dir", str(codebooks), "--out", str(outs[i]),
+                 "--no-api", "--warm-cache", str(items), "--warm-cache", str(events), "--progress-every", "0.5",
+                 *scale], env=env, stdout=f, stderr=f))
     try:
-        _wait_for(job, log, n_items, timeout=240)
+        # each process reports what it read; together they read everything
+        _wait_for(jobs, logs, n_items, timeout=240)
         n_events = _produce(kafka, "engagements", events)
-        _wait_for(job, log, n_items + n_events, timeout=240)
-        _wait_until_quiet(kafka, job, log)  # what was read has left the flow; then a clean Ctrl-C stop
+        _wait_for(jobs, logs, n_items + n_events, timeout=240)
+        _wait_until_quiet(kafka, jobs, logs)  # what was read has left the flow; then a clean Ctrl-C stop
     finally:
-        stop_process(job)
-    assert job.returncode == 0, log.read_text()[-3000:]
+        stop_process(jobs)
+    for job, log in zip(jobs, logs, strict=True):
+        assert job.returncode == 0, log.read_text()[-3000:]
 
-    ours, theirs = _successors(replay_out), _successors(kafka_out)
+    ours = _successors(replay_out)
+    theirs = {}
+    for out in outs:  # each process keeps the pairs its workers counted: together, every pair once
+        part = _successors(out)
+        assert not set(part) & set(theirs)
+        theirs.update(part)
     assert len(ours) > 100 and set(ours) == set(theirs)
     for pair, counts in ours.items():
         assert set(counts) == set(theirs[pair]), pair
         for c, v in counts.items():
             assert abs(v - theirs[pair][c]) <= 0.011, (pair, c, v, theirs[pair][c])  # counts are rounded to 0.01
 
-    if partitions > 1:
+    if partitions > 1 or processes > 1:
         return
     replayed_alerts = [orjson.loads(x) for x in (replay_out / "alerts.jsonl").read_bytes().splitlines()]
     streamed = [orjson.loads(v) for _, v in read_topic(kafka, kafka.topic("drift_alerts"))]
@@ -166,3 +186,34 @@ def test_replay_and_kafka_give_the_same_successors_and_alerts(kafka_bootstrap, t
         return a["alert_id"], a["severity"], a["kind"], a["cluster"], round(a["score"], 6), a["window"]["end"]
 
     assert sorted(map(key, streamed)) == sorted(map(key, replayed_alerts))
+
+
+def test_a_lost_peer_process_is_a_clear_error_not_a_hang(kafka_bootstrap, tmp_path, replayed):
+    """Two processes of one Bytewax cluster; one is killed. The other must not hang or die with a Rust panic's
+    traceback: it stops with one clear line (restart every process; recovery resumes) and exit status 3."""
+    _, _, codebooks, _ = replayed
+    prefix = f"p{uuid.uuid4().hex[:8]}."
+    env = {**os.environ, "DRIFTRAG_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap, "DRIFTRAG_KAFKA__TOPIC_PREFIX": prefix}
+    ensure_topics(KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix))
+    addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(2))
+    logs = [tmp_path / f"job{i}.log" for i in range(2)]
+    jobs = []
+    for i, log in enumerate(logs):
+        with log.open("ab") as f:
+            jobs.append(subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "run", "--codebook-dir", str(codebooks), "--no-api",
+                 "--progress-every", "0.5", "-i", str(i), "-a", addresses], env=env, stdout=f, stderr=f))
+    try:
+        _wait_for(jobs, logs, 0, timeout=120)
+        deadline = time.monotonic() + 120
+        while not all(" messages (" in log.read_text() for log in logs):  # both are running the dataflow
+            assert time.monotonic() < deadline, [log.read_text()[-2000:] for log in logs]
+            _alive(jobs, logs)
+            time.sleep(0.5)
+        jobs[1].kill()
+        rc = jobs[0].wait(90)
+    finally:
+        stop_process(jobs)
+    text = logs[0].read_text()
+    assert rc == 3, text[-3000:]
+    assert "lost a peer process" in text and "PanicException" not in text
