@@ -178,7 +178,9 @@ class Job:
             if self.replay:
                 self.source = EventTimeFileSource(files, batch_size=batch)
             else:
-                self.source = JsonlFileSource(files, batch_size=batch)
+                # The catalogue before the engagements, also where several workers read the files in parallel.
+                self.source = JsonlFileSource(files, batch_size=batch,
+                                              first=k.topic("items") if args.items is not None else None)
         else:
             self.mode = "kafka"
             self.source = KafkaRawSource(

@@ -8,8 +8,9 @@ source positions together with operator state (no consumer-group commits).
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -133,14 +134,22 @@ class KafkaRawSource(FixedPartitionedSource[RawMessage, int]):
 
 
 class _FilePartition(StatefulSourcePartition[RawMessage, tuple[int, int]]):
-    def __init__(self, topic: str, path: Path, resume: tuple[int, int] | None, batch_size: int):
+    def __init__(self, topic: str, path: Path, resume: tuple[int, int] | None, batch_size: int,
+                 wait_for: Callable[[], bool] | None = None, on_eof: Callable[[], None] | None = None):
         self._f = path.open("rb")
         self._line, pos = resume or (0, 0)
         self._f.seek(pos)
         self._topic = topic
         self._batch_size = batch_size
+        self._wait_for, self._on_eof = wait_for, on_eof
+        self._awake: datetime | None = None
 
     def next_batch(self) -> list[RawMessage]:
+        if self._wait_for is not None:
+            if not self._wait_for():
+                self._awake = datetime.now(UTC) + timedelta(milliseconds=20)
+                return []
+            self._wait_for, self._awake = None, None
         batch = []
         topic, line = self._topic, self._line
         readline = self._f.readline
@@ -153,8 +162,13 @@ class _FilePartition(StatefulSourcePartition[RawMessage, tuple[int, int]]):
             line += 1
         self._line = line
         if not batch:
+            if self._on_eof is not None:
+                self._on_eof()
             raise StopIteration
         return batch
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
 
     def snapshot(self) -> tuple[int, int]:
         return (self._line, self._f.tell())
@@ -168,20 +182,42 @@ class JsonlFileSource(FixedPartitionedSource[RawMessage, tuple[int, int]]):
 
     ``files`` maps a topic name (the contract that applies) to a path. Lines are bytes: a line that is not
     UTF-8 or not JSON becomes a dead letter like a bad Kafka message would. An empty line is an empty message.
+
+    ``first`` (a topic of ``files``, e.g. the content file): the other files wait until it has been read to its
+    end, where its partition runs in this process. With several workers the files are read in parallel, and
+    engagements read ahead of their content would wait at the item join (and some give up at its bounds); a
+    catalogue read first is what a live deployment has, and what one worker reading the files in turn got.
     """
 
-    def __init__(self, files: dict[str, Path], *, batch_size: int = 1000) -> None:
+    def __init__(self, files: dict[str, Path], *, batch_size: int = 1000, first: str | None = None) -> None:
         for topic, path in files.items():
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{topic} file not found: {path}")
+        if first is not None and first not in files:
+            raise ValueError(f"first={first!r} is not one of the files' topics {sorted(files)}")
         self.files = {t: Path(p) for t, p in files.items()}
         self.batch_size = batch_size
+        self.first = first
+        self._first_read = threading.Event()
+        self._local: set[str] = set()  # partitions built in this process
+        self._created = time.monotonic()
 
     def list_parts(self) -> list[str]:
         return list(self.files)
 
+    def _first_done(self) -> bool:
+        # Only a partition of this process can be waited for. Workers build their partitions concurrently, so one
+        # not built here after a grace period is elsewhere (a multi-process file run): then do not wait.
+        if self._first_read.is_set() or self.first in self._local:
+            return self._first_read.is_set()
+        return time.monotonic() - self._created > 2.0
+
     def build_part(self, step_id: str, for_part: str, resume_state: tuple[int, int] | None) -> _FilePartition:
-        return _FilePartition(for_part, self.files[for_part], resume_state, self.batch_size)
+        self._local.add(for_part)
+        waits = self.first is not None and for_part != self.first
+        return _FilePartition(for_part, self.files[for_part], resume_state, self.batch_size,
+                              wait_for=self._first_done if waits else None,
+                              on_eof=self._first_read.set if for_part == self.first else None)
 
 
 def line_ts(raw: bytes) -> int | None:

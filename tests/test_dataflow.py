@@ -6,6 +6,7 @@ import gc
 import json
 
 import orjson
+import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from streams.cli import main
@@ -53,6 +54,26 @@ def test_jsonl_source_offsets_are_line_numbers(tmp_path):
     assert [e.event_id for e in events] == ["e1", "e3"]
     docs = [orjson.loads(kv.value) for kv in dead]
     assert [(d["reason"], d["source"]["offset"]) for d in docs] == [("empty_message", 1), ("invalid_utf8", 2)]
+
+
+def test_file_source_reads_the_content_file_first_when_asked(tmp_path):
+    """With ``first``, the other files wait (an empty batch, a wake-up time) until the first is read to its end:
+    what several workers reading the files in parallel need so that engagements do not overtake their content."""
+    items, events = tmp_path / "i.jsonl", tmp_path / "e.jsonl"
+    items.write_bytes(ITEM + b"\n" + ITEM.replace(b"i1", b"i2") + b"\n")
+    events.write_bytes(GOOD + b"\n")
+    src = JsonlFileSource({"items": items, "engagements": events}, batch_size=1, first="items")
+    ev, it = src.build_part("read", "engagements", None), src.build_part("read", "items", None)
+    assert ev.next_batch() == [] and ev.next_awake() is not None  # items not read yet
+    assert len(it.next_batch()) == 1 and ev.next_batch() == []
+    assert len(it.next_batch()) == 1 and ev.next_batch() == []  # read, but its end not seen yet
+    with pytest.raises(StopIteration):
+        it.next_batch()
+    assert [m.offset for m in ev.next_batch()] == [0] and ev.next_awake() is None
+    with pytest.raises(ValueError, match="not one of the files"):
+        JsonlFileSource({"engagements": events}, first="items")
+    plain = JsonlFileSource({"items": items, "engagements": events}, batch_size=1)  # default: no waiting
+    assert len(plain.build_part("read", "engagements", None).next_batch()) == 1
 
 
 def test_run_command_over_files(tmp_path, capsys):
