@@ -4,8 +4,9 @@
       -> shard_content      (key: shard of item_id; content events and engagements' inline text)
       -> micro_batch        size / latency budget    list[ContentEvent]
       -> embed_and_assign   one model per process, cached by content hash   EmbeddedItem
-    EmbeddedItem (to every user shard) | Engagement keyed by the shard of its user_id
-      -> join_item_clusters   engagements wait (bounded, counted) for their item's cluster   ClusteredEngagement
+    (item_id, cluster) to every user shard | Engagement keyed by the shard of its user_id
+      -> join_item_clusters   engagements wait (bounded, counted) for their item's cluster, each user's in
+                              arrival order   ClusteredEngagement
     ClusteredEngagement keyed by item_id
       -> tally_items          the item's engagement tally, latest per item and batch (for the index)
 
@@ -180,7 +181,8 @@ class UserShardJoin(StatefulBatchLogic):
         self.join = (OrderedItemJoin(max_pending, max_wait_ms) if resume is None
                      else OrderedItemJoin.from_snapshot(resume, max_pending, max_wait_ms))
 
-    def on_batch(self, values: list[EmbeddedItem | Engagement]) -> tuple[list[ClusteredEngagement], bool]:
+    def on_batch(self, values: list[tuple[str, int] | Engagement]) -> tuple[list[ClusteredEngagement], bool]:
+        """Values: an item's (item_id, cluster), or an engagement."""
         join = self.join
         now_ms = int(time.time() * 1000)
         released, dropped = join.expire(now_ms)
@@ -189,8 +191,8 @@ class UserShardJoin(StatefulBatchLogic):
             ENGAGEMENTS_UNRESOLVED.inc(dropped)
         clusters, held = join.clusters, join.queues
         for v in values:
-            if type(v) is EmbeddedItem:
-                out += [ClusteredEngagement(e, c) for e, c in join.on_item(v.item_id, v.cluster)]
+            if type(v) is tuple:
+                out += [ClusteredEngagement(e, c) for e, c in join.on_item(*v)]
                 continue
             c = clusters.get(v.item_id)
             if c is not None and v.user_id not in held:  # the common case, inlined: released at once
@@ -254,7 +256,9 @@ def cluster_events(events: Stream[Engagement | ContentEvent], config: Clustering
     shard_keys = [str(s) for s in range(shards)]
     joined_in = op.merge(
         "items_and_engagements",
-        op.flat_map_batch("items_to_every_shard", items, lambda batch: [(k, i) for i in batch for k in shard_keys]),
+        # (item_id, cluster) only, not the vector and text: this goes to every shard, across processes too
+        op.flat_map_batch("items_to_every_shard", items,
+                          lambda batch: [(k, (i.item_id, i.cluster)) for i in batch for k in shard_keys]),
         op.flat_map_batch("shard_engagements_by_user", events,
                           lambda batch: [(user_shard(e.user_id, shards), e) for e in batch if type(e) is Engagement]),
     )

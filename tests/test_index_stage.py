@@ -20,10 +20,8 @@ def test_tally_counts_engagements_positives_and_seen_times():
 
 
 def test_user_shard_join_releases_each_users_engagements_in_order_and_snapshots():
-    from operators.content import EmbeddedItem
-
-    def item(item_id: str, cluster: int) -> EmbeddedItem:
-        return EmbeddedItem(item_id, 0, cluster, 0.1, False, None, "text")
+    def item(item_id: str, cluster: int) -> tuple[str, int]:
+        return (item_id, cluster)
 
     def released(out: list[ClusteredEngagement]) -> list[tuple[str, int, int]]:
         return [(ce.engagement.user_id, ce.engagement.ts_ms, ce.cluster) for ce in out]
