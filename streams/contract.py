@@ -70,6 +70,8 @@ class Engagement:
     event_id: str | None = None
     text: str | None = None
     ingest_ms: int = 0  # see RawMessage.ingest_ms
+    # The source partition (Kafka; 0 for files): the drift step's event-time watermark is per partition.
+    partition: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +219,7 @@ class Validator:
         try:
             obj = self._load(msg.value)
             if msg.topic == self.engagements_topic:
-                return self._engagement(obj, msg.ingest_ms)
+                return self._engagement(obj, msg.ingest_ms, msg.partition)
             if msg.topic == self.items_topic:
                 return self._content(obj, msg.ingest_ms)
             raise _Invalid("unknown_topic", None, f"no contract for topic {msg.topic!r}")
@@ -278,7 +280,7 @@ class Validator:
                 raise _Invalid("oversize_field", field, f"{field} is {n} bytes; limit {self.max_text_bytes}")
         return v
 
-    def _engagement(self, obj: dict[str, Any], ingest_ms: int = 0) -> Engagement:
+    def _engagement(self, obj: dict[str, Any], ingest_ms: int = 0, partition: int = 0) -> Engagement:
         user_id = self._id(obj, "user_id")
         item_id = self._id(obj, "item_id")
         action = obj.get("action")
@@ -304,7 +306,7 @@ class Validator:
         positive = action in POSITIVE_ACTIONS or (
             action == "view" and dwell is not None and dwell >= self.positive_dwell_ms
         )
-        return Engagement(user_id, item_id, action, ts_ms, positive, dwell, event_id, text, ingest_ms)
+        return Engagement(user_id, item_id, action, ts_ms, positive, dwell, event_id, text, ingest_ms, partition)
 
     def _content(self, obj: dict[str, Any], ingest_ms: int = 0) -> ContentEvent:
         item_id = self._id(obj, "item_id")

@@ -64,6 +64,7 @@ def build_flow(
     cadence_sink: Sink | None = None,
     half_life_ms: int = 2 * 86_400_000,
     trend_window_ms: int = 86_400_000,
+    engagement_partitions: int = 1,
     flow_id: str = "driftrag",
 ) -> Dataflow:
     flow = Dataflow(flow_id)
@@ -90,7 +91,7 @@ def build_flow(
     drift_status = None
     if drift_monitor is not None:
         alerts, drift_status, cadence_events = drift_alerts_and_status(items, clustered, triples, drift_monitor,
-                                                                       cadence)
+                                                                       cadence, engagement_partitions)
         if alerts_sink is not None:
             op.output("write_alerts", alerts, alerts_sink)
         if cadence_sink is not None:

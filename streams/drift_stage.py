@@ -15,6 +15,7 @@ Python-level calls per event), which keeps it off the per-event Bytewax path.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -46,11 +47,11 @@ def observe(batch: list[EmbeddedItem | ClusteredEngagement | Triple]) -> list[tu
         t = type(x)
         if t is ClusteredEngagement:
             e = x.engagement
-            obs.append(("e", x.cluster, e.ts_ms, e.positive))
+            obs.append(("e", x.cluster, e.ts_ms, e.positive, e.partition))
         elif t is Triple:
-            obs.append(("t", x.c1, x.c2, x.c_next, x.ts_ms))
+            obs.append(("t", x.c1, x.c2, x.c_next, x.ts_ms, x.partition))
         else:
-            obs.append(("i", x.cluster, x.ts_ms, x.vector, x.novel))
+            obs.append(("i", x.cluster, x.ts_ms, x.vector, x.novel, x.item_id))
     return [("drift", obs)] if obs else []
 
 
@@ -60,47 +61,102 @@ MAX_TRIPLE_LAG_MS = 86_400_000
 
 
 class Hold:
-    """Observations waiting for their hour bucket to be complete in both streams the monitor reads.
+    """Observations waiting for their hour bucket to be complete in both streams the monitor reads, on every
+    source partition.
 
     Clustered engagements and the triples mined from them reach the monitor by different paths, so a batch's
     triples can arrive after the engagements of later hours. A bucket is fed only when both streams have moved
     past it (engagements past it, and triples past it or at most ``MAX_TRIPLE_LAG_MS`` behind): then every
     evaluation sees complete hours, and the alerts depend on the events alone, not on how they were batched
     (a replay and a Kafka run agree). Content waits the same way, so items published ahead are counted when event
-    time reaches them."""
+    time reaches them.
 
-    __slots__ = ("complete_until", "engagements_ms", "pending", "triples_ms")
+    The watermark is per source partition of the engagements topic, and the slowest one counts: a Kafka consumer
+    reads partitions in turns, so on a backlog one partition can be most of a day of event time ahead of another,
+    and an hour fed on the fastest one's word would miss the others' events of that hour. ``expected`` partitions
+    are waited for from the start; one that delivers nothing for ``idle_s`` seconds (wall clock) stops holding
+    the others back until it delivers again, so an idle partition cannot stall drift detection.
 
-    def __init__(self) -> None:
-        self.engagements_ms: int | None = None
-        self.triples_ms: int | None = None
+    >>> h = Hold(expected=2)  # observations: ("e", cluster, ts, positive, partition), ("t", c1, c2, c3, ts, partition)
+    >>> h.add([("e", 1, 10, True, 0), ("t", 1, 2, 3, 10, 0), ("e", 1, 250, True, 0), ("t", 1, 2, 3, 250, 0)],
+    ...       100, now_s=0)  # partition 1 has not delivered yet: nothing is complete
+    []
+    >>> [len(b) for b in h.add([("e", 2, 220, True, 1), ("t", 1, 2, 3, 220, 1)], 100, now_s=1)]  # both past 200
+    [2]
+    >>> [len(b) for b in h.add([("e", 2, 360, True, 0), ("t", 1, 2, 3, 360, 0)], 100, now_s=100)]  # 1 idle
+    [4]
+    """
+
+    __slots__ = ("complete_until", "expected", "idle_s", "partitions", "pending")
+
+    def __init__(self, expected: int = 1, idle_s: float = 30.0) -> None:
+        self.expected, self.idle_s = expected, idle_s
+        # partition -> [latest engagement ts or None, latest triple ts or None, wall time it last delivered]
+        self.partitions: dict[int, list] = {}
         self.pending: dict[int, list[tuple]] = {}
         self.complete_until: int | None = None  # every bucket before this one has been handed out
 
-    def add(self, obs: list[tuple], bucket_ms: int) -> list[list[tuple]]:
+    def add(self, obs: list[tuple], bucket_ms: int, now_s: float | None = None) -> list[list[tuple]]:
         """Take a batch; return the complete buckets' observations, oldest bucket first."""
-        pending = self.pending
+        now_s = time.time() if now_s is None else now_s
+        parts, pending = self.partitions, self.pending
+        if not parts:  # the first batch: from now on, wait for every expected partition (or its idle time)
+            for p in range(self.expected):
+                parts[p] = [None, None, now_s]
         for o in obs:
             kind = o[0]
-            ts = o[4] if kind == "t" else o[2]
-            pending.setdefault(ts // bucket_ms, []).append(o)
             if kind == "e":
-                if self.engagements_ms is None or ts > self.engagements_ms:
-                    self.engagements_ms = ts
-            elif kind == "t" and (self.triples_ms is None or ts > self.triples_ms):
-                self.triples_ms = ts
-        e = self.engagements_ms
-        if e is None:
+                ts, p = o[2], o[4]
+                st = parts.get(p)
+                if st is None:
+                    st = parts[p] = [None, None, now_s]
+                if st[0] is None or ts > st[0]:
+                    st[0] = ts
+                st[2] = now_s
+            elif kind == "t":
+                ts, p = o[4], o[5]
+                st = parts.get(p)
+                if st is None:
+                    st = parts[p] = [None, None, now_s]
+                if st[1] is None or ts > st[1]:
+                    st[1] = ts
+            else:
+                ts = o[2]
+            pending.setdefault(ts // bucket_ms, []).append(o)
+        marks = [self._mark(st) for st in parts.values() if now_s - st[2] <= self.idle_s]
+        if not marks or None in marks:  # an active partition without engagements yet holds everything
             return []
-        t = e - MAX_TRIPLE_LAG_MS if self.triples_ms is None else max(self.triples_ms, e - MAX_TRIPLE_LAG_MS)
-        upto = min(e, t) // bucket_ms
+        upto = min(marks) // bucket_ms
         if self.complete_until is None or upto > self.complete_until:
             self.complete_until = upto
         return [pending.pop(b) for b in sorted(b for b in pending if b < upto)]
 
+    @staticmethod
+    def _mark(st: list) -> int | None:
+        """How far one partition is complete: its engagements, and its triples at most a day behind them."""
+        e, t = st[0], st[1]
+        if e is None:
+            return None
+        return min(e, e - MAX_TRIPLE_LAG_MS if t is None else max(t, e - MAX_TRIPLE_LAG_MS))
+
+    @classmethod
+    def upgrade(cls, old: Any, expected: int = 1) -> Hold:
+        """A hold recovered from the version with one watermark for all partitions."""
+        new = cls(expected)
+        e, t = getattr(old, "engagements_ms", None), getattr(old, "triples_ms", None)
+        if e is not None:
+            new.partitions[0] = [e, t, time.time()]
+        new.pending, new.complete_until = old.pending, old.complete_until
+        return new
+
 
 def _ts_key(o: tuple) -> tuple:
-    return (o[4], o[1], o[2], o[3]) if o[0] == "t" else (o[2], o[1])
+    """A total order within an hour: content drift's running sums depend on the order items arrive in, and items
+    published at the same time come in whatever order the topic's partitions interleave."""
+    kind = o[0]
+    if kind == "t":
+        return (o[4], o[1], o[2], o[3])
+    return (o[2], o[1], o[5]) if kind == "i" else (o[2], o[1])
 
 
 def _feed(monitor: Any, obs: list[tuple], cadence: Any, hold: Hold) -> tuple[list[Any], int | None]:
@@ -162,13 +218,16 @@ def _cadence_events(events: list[Any], monitor: Any) -> list[Any]:
     return events
 
 
-def _monitor_step(make_monitor: Callable[[], Any], make_cadence: Callable[[], Any] | None = None):  # noqa: ANN202
+def _monitor_step(make_monitor: Callable[[], Any], make_cadence: Callable[[], Any] | None = None,  # noqa: ANN202
+                  partitions: int = 1):
     def step(state: tuple | None, obs: list[tuple]) -> tuple[tuple, list[Any]]:
         if state is None:
             state = (make_monitor(), {})
         if len(state) == 2:  # new, or recovered from a version without the cadence controller and the hold
-            state = (*state, make_cadence() if make_cadence is not None else None, Hold())
+            state = (*state, make_cadence() if make_cadence is not None else None, Hold(partitions))
         monitor, last_scores, cadence, hold = state
+        if not hasattr(hold, "partitions"):  # recovered from the version with one watermark
+            hold = Hold.upgrade(hold, partitions)
         out, latest = _feed(monitor, obs, cadence, hold)
         alerts = [a for a in out if type(a) is Alert]
         for a in alerts:
@@ -200,13 +259,13 @@ def _alert_json(a: Any) -> dict[str, Any]:
 
 def drift_alerts_and_status(items: Stream[EmbeddedItem], clustered: Stream[ClusteredEngagement],
                             triples: Stream[Triple], make_monitor: Callable[[], Any],
-                            make_cadence: Callable[[], Any] | None = None
+                            make_cadence: Callable[[], Any] | None = None, partitions: int = 1
                             ) -> tuple[Stream[Alert], Stream[Mutation], Stream[Any]]:
     """Wire the drift monitor (and the cadence controller); returns (alerts, drift status mutations for the live
-    index, cadence events)."""
+    index, cadence events). ``partitions``: of the engagements source, waited for by the event-time hold."""
     merged = op.merge("drift_inputs", items, clustered, triples)
     keyed = op.flat_map_batch("drift_observations", merged, observe)
-    step = _monitor_step(make_monitor, make_cadence)
+    step = _monitor_step(make_monitor, make_cadence, partitions)
     out = op.flat_map_batch("unkey_drift", op.stateful_flat_map("monitor_drift", keyed, step),
                             lambda batch: [v for _, v in batch])
     split = op.branch("split_alerts", out, lambda x: type(x) is Alert)

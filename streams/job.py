@@ -50,15 +50,19 @@ from streams.transitions_stage import PairState
 log = logging.getLogger(__name__)
 
 
+# Pipeline bookkeeping, not the event: left out of the events files (so a replay and a Kafka run write the same).
+_NOT_IN_JSON = frozenset({"ingest_ms", "partition"})
+
+
 def event_to_json(e: Engagement | ContentEvent) -> bytes:
     """One validated event as a JSON line, with its type."""
     kind = "engagement" if type(e) is Engagement else "content"
-    return orjson.dumps({"type": kind, **{f: getattr(e, f) for f in e.__slots__ if f != "ingest_ms"}})
+    return orjson.dumps({"type": kind, **{f: getattr(e, f) for f in e.__slots__ if f not in _NOT_IN_JSON}})
 
 
 def clustered_to_json(ce: ClusteredEngagement) -> bytes:
     e = ce.engagement
-    fields = {f: getattr(e, f) for f in e.__slots__ if f != "ingest_ms"}
+    fields = {f: getattr(e, f) for f in e.__slots__ if f not in _NOT_IN_JSON}
     return orjson.dumps({"type": "engagement", **fields, "cluster": ce.cluster})
 
 
@@ -226,6 +230,7 @@ class Job:
             alerts_sink=alerts_sink,
             cadence=cadence,
             cadence_sink=cadence_sink,
+            engagement_partitions=self._engagement_partitions(),
             half_life_ms=settings.transitions.half_life_ms,
             trend_window_ms=settings.transitions.trend_window_ms,
         )
@@ -358,6 +363,13 @@ class Job:
             for st in states:
                 self.pairs[st.pair] = st
             self.counts.add("triples", len(states))
+
+    def _engagement_partitions(self) -> int:
+        """Partitions of the engagements source: the drift step's event-time hold waits for each of them."""
+        if self.mode != "kafka":
+            return 1  # files, replay and the embedded generator: one ordered stream of engagements
+        topic = self.settings.kafka.topic("engagements")
+        return max(1, sum(1 for part in self.source.list_parts() if part.split("-", 1)[1] == topic))
 
     # -- clusters ------------------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ class Triple:
     ts_ms: int
     user_id: str
     ingest_ms: int = 0  # when the engagement that completed the triple entered the pipeline
+    partition: int = 0  # that engagement's source partition
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,7 @@ def track_user_clusters(state: tuple | None, ce: ClusteredEngagement) -> tuple[t
     c = ce.cluster
     if c == h2:  # TransitionTracker's rule, inlined: this runs for every positive engagement
         return (h1, h2, e.ts_ms), []
-    out = [Triple(h1, h2, c, e.ts_ms, e.user_id, e.ingest_ms)] if h1 is not None and c != h1 else []
+    out = [Triple(h1, h2, c, e.ts_ms, e.user_id, e.ingest_ms, e.partition)] if h1 is not None and c != h1 else []
     return (h2, c, e.ts_ms), out
 
 

@@ -34,7 +34,7 @@ def with_(**kw: object) -> bytes:
 
 def test_good_engagement_all_fields():
     e = eng(with_(action="view", dwell_ms=10_000, event_id="e1", text="hello", extra={"ignored": 1}))
-    assert e == Engagement("u1", "i1", "view", 1767225600000, True, 10_000, "e1", "hello")
+    assert e == Engagement("u1", "i1", "view", 1767225600000, True, 10_000, "e1", "hello", partition=e.partition)
 
 
 @pytest.mark.parametrize(

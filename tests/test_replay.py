@@ -165,12 +165,34 @@ def test_drift_hold_feeds_an_hour_only_when_engagements_and_triples_are_past_it(
     from streams.drift_stage import MAX_TRIPLE_LAG_MS, Hold
 
     h, hour = Hold(), 3_600_000
-    assert h.add([("i", 1, 5 * hour, None, False)], hour) == []  # content alone never moves time
-    assert h.add([("e", 1, 10, True), ("e", 1, hour + 10, True)], hour) == []  # no triple past hour 0 yet
-    ready = h.add([("t", 1, 2, 3, hour + 5)], hour)
-    assert ready == [[("e", 1, 10, True)]]  # hour 0 complete in both streams; the item at 5 h still waits
-    late = h.add([("e", 1, MAX_TRIPLE_LAG_MS + 3 * hour, True)], hour)  # triples stopped: at most a day behind
+    assert h.add([("i", 1, 5 * hour, None, False, "it1")], hour) == []  # content alone never moves time
+    assert h.add([("e", 1, 10, True, 0), ("e", 1, hour + 10, True, 0)], hour) == []  # no triple past hour 0 yet
+    ready = h.add([("t", 1, 2, 3, hour + 5, 0)], hour)
+    assert ready == [[("e", 1, 10, True, 0)]]  # hour 0 complete in both streams; the item at 5 h still waits
+    late = h.add([("e", 1, MAX_TRIPLE_LAG_MS + 3 * hour, True, 0)], hour)  # triples stopped: at most a day behind
     assert [r[0][2] for r in late] == [hour + 10] and 5 * hour // hour in h.pending
+
+
+def test_drift_hold_waits_for_the_slowest_partition_unless_it_is_idle():
+    """A Kafka consumer reads partitions in turns: on a backlog one is far ahead of another in event time. An
+    hour is complete only when every partition is past it; an idle partition stops holding the others back."""
+    from streams.drift_stage import Hold
+
+    hour = 3_600_000
+
+    def obs(ts: int, p: int) -> list[tuple]:
+        return [("e", 1, ts, True, p), ("t", 1, 2, 3, ts, p)]
+
+    h = Hold(expected=3, idle_s=30)
+    assert h.add(obs(10 * hour, 0), hour, now_s=0) == []  # partitions 1 and 2 not heard from
+    assert h.add(obs(2 * hour, 1) + obs(5 * hour, 2), hour, now_s=1) == []  # nothing else before hour 2
+    fed = h.add(obs(3 * hour, 1), hour, now_s=2)  # slowest: partition 1 at 3 h -> hours 2 is complete
+    assert [b[0][2] for b in fed] == [2 * hour]
+    assert h.add(obs(12 * hour, 2), hour, now_s=3) == []  # 1 still at 3 h
+    fed = h.add(obs(11 * hour, 0), hour, now_s=40)  # 1 and 2 quiet for > 30 s: 0 alone counts now
+    assert [b[0][2] for b in fed] == [3 * hour, 5 * hour, 10 * hour]
+    old = type("OldHold", (), {"engagements_ms": hour, "triples_ms": hour, "pending": {}, "complete_until": 0})()
+    assert Hold.upgrade(old, 3).partitions[0][:2] == [hour, hour]  # a hold recovered from the previous version
 
 
 def test_micro_batch_passes_a_cached_text_straight_through_but_never_ahead_of_a_waiting_one():
