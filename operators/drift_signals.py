@@ -71,28 +71,90 @@ def _check_positive(name: str, v: float) -> None:
 class _Buckets:
     """Per-bucket additive stats (lists of floats, or Counters) over event time, pruned past ``keep_ms``."""
 
-    __slots__ = ("bucket_ms", "data", "keep_ms")
+    __slots__ = ("_oldest", "bucket_ms", "data", "keep_ms")
 
     def __init__(self, bucket_ms: int, keep_ms: int) -> None:
         self.bucket_ms, self.keep_ms = bucket_ms, keep_ms
         self.data: dict[int, Any] = {}
+        self._oldest: int | None = None  # a lower bound of the bucket keys (None: unknown): prune's fast exit
 
     def get(self, ts_ms: int, new: Any) -> Any:
         b = ts_ms // self.bucket_ms
         row = self.data.get(b)
         if row is None:
             row = self.data[b] = new()
+            if self._oldest is not None and b < self._oldest:
+                self._oldest = b
         return row
 
     def prune(self, now_ms: int) -> None:
         lo = (now_ms - self.keep_ms) // self.bucket_ms
-        for b in [b for b in self.data if b < lo]:
-            del self.data[b]
+        if self._oldest is not None and self._oldest >= lo:
+            return  # called at every evaluation; most find nothing old enough
+        data = self.data
+        for b in [b for b in data if b < lo]:
+            del data[b]
+        self._oldest = min(data, default=lo)
+
+    def load(self, data: dict[int, Any]) -> None:
+        self.data, self._oldest = data, None
+
+    def __setstate__(self, state: Any) -> None:
+        """Unpickle, also a state from before ``_oldest`` existed (a recovered drift monitor)."""
+        slots = state[1] if isinstance(state, tuple) else state
+        self._oldest = None
+        for k, v in slots.items():
+            setattr(self, k, v)
 
     def rows(self, start_ms: int, end_ms: int) -> list[Any]:
         """Rows of the buckets that start in [start_ms, end_ms)."""
         lo, hi = -(-start_ms // self.bucket_ms), -(-end_ms // self.bucket_ms)
-        return [row for b, row in self.data.items() if lo <= b < hi]
+        data = self.data
+        if hi - lo < len(data):
+            return [data[b] for b in range(lo, hi) if b in data]
+        return [row for b, row in data.items() if lo <= b < hi]
+
+
+class _RunningPair:
+    """[n, positives] kept equal to the sum of a bucket range [lo, hi) of ``[n, positives]`` rows as the range
+    slides, like :class:`_Running`. The values are counts (integral floats), so adding and subtracting is exact:
+    the same numbers a re-sum gives."""
+
+    __slots__ = ("hi", "lo", "n", "p")
+
+    def __init__(self) -> None:
+        self.lo: int | None = None
+        self.hi: int | None = None
+        self.n = self.p = 0.0
+
+    def move(self, data: dict[int, list[float]], lo: int, hi: int) -> tuple[float, float]:
+        old_lo, old_hi = self.lo, self.hi
+        if old_lo is None or old_hi is None or lo < old_lo or hi < old_hi or lo >= old_hi \
+                or (lo - old_lo) + (hi - old_hi) > 4 * len(data) + 8:
+            n = p = 0.0
+            for b, row in data.items():
+                if lo <= b < hi:
+                    n += row[0]
+                    p += row[1]
+        else:
+            n, p = self.n, self.p
+            for b in range(old_hi, hi):
+                row = data.get(b)
+                if row:
+                    n += row[0]
+                    p += row[1]
+            for b in range(old_lo, lo):
+                row = data.get(b)
+                if row:
+                    n -= row[0]
+                    p -= row[1]
+        self.lo, self.hi, self.n, self.p = lo, hi, n, p
+        return n, p
+
+    def add(self, b: int, n: float, p: float) -> None:
+        if self.lo is not None and self.lo <= b < self.hi:  # type: ignore[operator]
+            self.n += n
+            self.p += p
 
 
 class _Running:
@@ -194,23 +256,34 @@ class EngagementDrift:
         self.min_support, self.z = min_support, z
         self._buckets = _Buckets(bucket_ms, keep_ms)
         self._frozen: list[float] | None = None  # [n, positives] at the marked reference
+        self._cur, self._ref = _RunningPair(), _RunningPair()  # derived: rebuilt after a restore
 
     def update(self, ts_ms: int, positive: bool, n: int = 1) -> EngagementDrift:
         """``n`` engagements at ``ts_ms``, ``positive`` of them positive (a bool counts as 0 or 1 of n=1)."""
         row = self._buckets.get(ts_ms, lambda: [0.0, 0.0])
         row[0] += n
         row[1] += positive
+        b = ts_ms // self._buckets.bucket_ms
+        self._cur.add(b, n, positive)  # a late engagement inside a window already summed
+        self._ref.add(b, n, positive)
         return self
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle, also a monitor recovered from before the running window sums existed."""
+        self.__dict__.update(state)
+        if "_cur" not in state:
+            self._cur, self._ref = _RunningPair(), _RunningPair()
 
     def mark_reference(self, win: _Window) -> None:
         self._frozen = _sum_rows(self._buckets.rows(*win.reference), 2)
 
     def evaluate(self, now_ms: int, win: _Window | None = None) -> dict[str, Any] | None:
         win = win or _Window(now_ms, 12 * HOUR_MS, 72 * HOUR_MS)
-        self._buckets.prune(now_ms)
-        n0, p0 = self._frozen if win.frozen_ms is not None and self._frozen else _sum_rows(
-            self._buckets.rows(*win.reference), 2)
-        n1, p1 = _sum_rows(self._buckets.rows(*win.current), 2)
+        bms, data = self._buckets.bucket_ms, self._buckets.data
+        n0, p0 = self._frozen if win.frozen_ms is not None and self._frozen else \
+            self._ref.move(data, *_bucket_range(win.reference, bms))
+        n1, p1 = self._cur.move(data, *_bucket_range(win.current, bms))
+        self._buckets.prune(now_ms)  # after the moves: the windows subtract buckets that leave them
         if n0 < self.min_support or n1 < self.min_support:
             return None
         r0, r1 = p0 / n0, p1 / n1
@@ -223,7 +296,8 @@ class EngagementDrift:
         return {"buckets": {b: list(r) for b, r in self._buckets.data.items()}, "frozen": self._frozen}
 
     def load(self, st: dict[str, Any]) -> EngagementDrift:
-        self._buckets.data = {b: list(r) for b, r in st["buckets"].items()}
+        self._buckets.load({b: list(r) for b, r in st["buckets"].items()})
+        self._cur, self._ref = _RunningPair(), _RunningPair()
         self._frozen = st["frozen"]
         return self
 
@@ -298,7 +372,7 @@ class VolumeDrift:
                 "frozen": dict(self._frozen) if self._frozen is not None else None}
 
     def load(self, st: dict[str, Any]) -> VolumeDrift:
-        self._buckets.data = {b: Counter(r) for b, r in st["buckets"].items()}
+        self._buckets.load({b: Counter(r) for b, r in st["buckets"].items()})
         self._cur, self._ref = _Running(), _Running()
         self._frozen = Counter(st["frozen"]) if st["frozen"] is not None else None
         return self
@@ -363,7 +437,7 @@ class TransitionDrift:
                 "frozen": dict(self._frozen) if self._frozen is not None else None}
 
     def load(self, st: dict[str, Any]) -> TransitionDrift:
-        self._buckets.data = {b: Counter(r) for b, r in st["buckets"].items()}
+        self._buckets.load({b: Counter(r) for b, r in st["buckets"].items()})
         self._cur, self._ref = _Running(), _Running()
         self._frozen = Counter(st["frozen"]) if st["frozen"] is not None else None
         return self
@@ -471,7 +545,7 @@ class ContentDrift:
     def load(self, st: dict[str, Any]) -> ContentDrift:
         def arr(row: list[Any] | None) -> list[Any] | None:
             return None if row is None else [np.asarray(row[0], dtype=np.float64), *row[1:]]
-        self._buckets.data = {b: [(np.asarray(v, dtype=np.float64), n) for v, n in r]
-                              for b, r in st["buckets"].items()}
+        self._buckets.load({b: [(np.asarray(v, dtype=np.float64), n) for v, n in r]
+                            for b, r in st["buckets"].items()})
         self._total, self._frozen = arr(st["total"]), arr(st["frozen"])
         return self

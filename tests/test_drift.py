@@ -313,3 +313,37 @@ def test_stationary_generator_stream_raises_no_critical_alert():
             alerts += mon.on_item(c, ev.ts_ms, centres[c] + 0.8 * rng.standard_normal(32), False)
     assert mon.updates > 40_000 and mon.scores()  # it evaluated
     assert not [a for a in alerts if a.severity == "critical"]
+
+
+def test_running_window_sums_equal_a_re_sum_and_old_states_load():
+    """EngagementDrift keeps its two windows' [n, positives] as running sums (no re-summing per evaluation):
+    under random updates, late events and window moves (forward, jumps, backwards) they equal a fresh sum."""
+    from operators.drift_signals import _Buckets, _RunningPair
+
+    rng = np.random.default_rng(5)
+    data: dict[int, list[float]] = {}
+    run = _RunningPair()
+    lo = 0
+    for _ in range(2000):
+        b = int(rng.integers(0, 60))
+        n, p = int(rng.integers(1, 4)), int(rng.integers(0, 2))
+        row = data.setdefault(b, [0.0, 0.0])
+        row[0] += n
+        row[1] += p
+        run.add(b, n, p)
+        if rng.random() < 0.2:
+            lo = max(0, lo + int(rng.integers(-3, 6)))
+            hi = lo + int(rng.integers(1, 20))
+            rows = [r for k, r in data.items() if lo <= k < hi]
+            want = (sum(r[0] for r in rows), sum(r[1] for r in rows))
+            assert run.move(data, lo, hi) == want
+    # states pickled before these fields existed still load
+    e = EngagementDrift()
+    e.update(0, True)
+    del e._cur, e._ref
+    again = pickle.loads(pickle.dumps(e))
+    assert again.evaluate(3_600_000) is None and again._cur is not None
+    bk = _Buckets(10, 100)
+    bk.__setstate__((None, {"bucket_ms": 10, "keep_ms": 100, "data": {0: 1, 5: 2}}))
+    bk.prune(110)  # keep 100 ms: bucket 0 (0-9 ms) goes
+    assert bk.data == {5: 2} and bk.rows(0, 100) == [2]
