@@ -115,6 +115,15 @@ class _Buckets:
         return [row for b, row in data.items() if lo <= b < hi]
 
 
+def _slide(old_lo: int | None, old_hi: int | None, lo: int, hi: int, n_buckets: int) -> tuple[range, range] | None:
+    """How a window [old_lo, old_hi) becomes [lo, hi): (buckets entering, buckets leaving), or None where summing
+    afresh is right (no window yet, a move backwards, no overlap, or a jump longer than the data)."""
+    if old_lo is None or old_hi is None or lo < old_lo or hi < old_hi or lo >= old_hi \
+            or (lo - old_lo) + (hi - old_hi) > 4 * n_buckets + 8:
+        return None
+    return range(old_hi, hi), range(old_lo, lo)
+
+
 class _RunningPair:
     """[n, positives] kept equal to the sum of a bucket range [lo, hi) of ``[n, positives]`` rows as the range
     slides, like :class:`_Running`. The values are counts (integral floats), so adding and subtracting is exact:
@@ -128,9 +137,8 @@ class _RunningPair:
         self.n = self.p = 0.0
 
     def move(self, data: dict[int, list[float]], lo: int, hi: int) -> tuple[float, float]:
-        old_lo, old_hi = self.lo, self.hi
-        if old_lo is None or old_hi is None or lo < old_lo or hi < old_hi or lo >= old_hi \
-                or (lo - old_lo) + (hi - old_hi) > 4 * len(data) + 8:
+        slide = _slide(self.lo, self.hi, lo, hi, len(data))
+        if slide is None:
             n = p = 0.0
             for b, row in data.items():
                 if lo <= b < hi:
@@ -138,12 +146,13 @@ class _RunningPair:
                     p += row[1]
         else:
             n, p = self.n, self.p
-            for b in range(old_hi, hi):
+            entering, leaving = slide
+            for b in entering:
                 row = data.get(b)
                 if row:
                     n += row[0]
                     p += row[1]
-            for b in range(old_lo, lo):
+            for b in leaving:
                 row = data.get(b)
                 if row:
                     n -= row[0]
@@ -168,20 +177,20 @@ class _Running:
         self.sum: Counter = Counter()
 
     def move(self, data: dict[int, Counter], lo: int, hi: int) -> Counter:
-        old_lo, old_hi = self.lo, self.hi
-        if old_lo is None or old_hi is None or lo < old_lo or hi < old_hi or lo >= old_hi \
-                or (lo - old_lo) + (hi - old_hi) > 4 * len(data) + 8:
+        slide = _slide(self.lo, self.hi, lo, hi, len(data))
+        if slide is None:
             self.sum = Counter()
             for b, row in data.items():
                 if lo <= b < hi:
                     self.sum.update(row)
         else:
             total = self.sum
-            for b in range(old_hi, hi):
+            entering, leaving = slide
+            for b in entering:
                 row = data.get(b)
                 if row:
                     total.update(row)
-            for b in range(old_lo, lo):
+            for b in leaving:
                 row = data.get(b)
                 if row:
                     for k, v in row.items():

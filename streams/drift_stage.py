@@ -105,23 +105,17 @@ class Hold:
                 parts[p] = [None, None, now_s]
         for o in obs:
             kind = o[0]
-            if kind == "e":
-                ts, p = o[2], o[4]
-                st = parts.get(p)
-                if st is None:
-                    st = parts[p] = [None, None, now_s]
-                if st[0] is None or ts > st[0]:
-                    st[0] = ts
+            if kind == "i":  # content does not move event time
+                pending.setdefault(o[2] // bucket_ms, []).append(o)
+                continue
+            ts, p, slot = (o[2], o[4], 0) if kind == "e" else (o[4], o[5], 1)
+            st = parts.get(p)
+            if st is None:
+                st = parts[p] = [None, None, now_s]
+            if st[slot] is None or ts > st[slot]:
+                st[slot] = ts
+            if slot == 0:  # a partition is live while its engagements come
                 st[2] = now_s
-            elif kind == "t":
-                ts, p = o[4], o[5]
-                st = parts.get(p)
-                if st is None:
-                    st = parts[p] = [None, None, now_s]
-                if st[1] is None or ts > st[1]:
-                    st[1] = ts
-            else:
-                ts = o[2]
             pending.setdefault(ts // bucket_ms, []).append(o)
         marks = [self._mark(st) for st in parts.values() if now_s - st[2] <= self.idle_s]
         if not marks or None in marks:  # an active partition without engagements yet holds everything
