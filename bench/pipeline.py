@@ -265,8 +265,9 @@ def _spawn(args: list[str], env: dict[str, str], log_file: Path) -> subprocess.P
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM (a clean stop for the job and the query service), then kill."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+from typing import Any
 
 from confluent_kafka import KafkaException
 from pydantic import ValidationError
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as e:
         print(f"driftrag: invalid settings from the environment:\n{e}", file=sys.stderr)
         return 2
+    previous = _stop_on_sigterm()
     try:
         return importlib.import_module(args._module).run(args, settings)
     except (ValueError, FileNotFoundError) as e:
@@ -59,6 +62,20 @@ def main(argv: list[str] | None = None) -> int:
     except KafkaException as e:
         print(f"driftrag {args.command}: error: Kafka at {settings.kafka.bootstrap_servers}: {e}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_on_sigterm() -> Any:
+    """SIGTERM (``docker stop``, Kubernetes, systemd) stops every command as Ctrl-C does: the job's dataflow ends
+    cleanly and its summary is written; the query service snapshots and exits 0. Ctrl-C alone is not enough for a
+    service: a shell starts background commands with SIGINT ignored. Returns the previous handler (None off the
+    main thread, where none can be installed)."""
+    try:
+        return signal.signal(signal.SIGTERM, signal.default_int_handler)
+    except ValueError:
+        return None
 
 
 if __name__ == "__main__":

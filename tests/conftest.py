@@ -117,12 +117,14 @@ def read_topic(kafka: KafkaSettings, topic: str) -> list[tuple[bytes | None, byt
 
 
 def stop_process(proc: subprocess.Popen | list[subprocess.Popen], timeout: float = 60) -> None:
-    """Ctrl-C (the job's own clean stop), then kill if it does not end in ``timeout`` seconds. Several processes
-    (one Bytewax cluster) are signalled together: each one's clean stop waits for the others."""
+    """SIGTERM (what ``docker stop`` and Kubernetes send; the job stops cleanly on it as on Ctrl-C), then kill if
+    it does not end in ``timeout`` seconds. SIGTERM rather than SIGINT: a test run started in the background by
+    a shell has SIGINT ignored, and its children inherit that. Several processes (one Bytewax cluster) are
+    signalled together: each one's clean stop waits for the others."""
     procs = proc if isinstance(proc, list) else [proc]
     for p in procs:
         if p.poll() is None:
-            p.send_signal(signal.SIGINT)
+            p.send_signal(signal.SIGTERM)
     for p in procs:
         try:
             p.wait(timeout)
