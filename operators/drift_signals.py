@@ -10,7 +10,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -242,6 +242,24 @@ class _Window:
 # ------------------------------------------------------------------------------------------------- the signals
 
 
+class _CounterWindows:
+    """State of a signal over per-bucket Counters with two running windows (volume, transition): the buckets and
+    the frozen reference are the state; the running window sums are derived and rebuilt on load."""
+
+    _buckets: _Buckets
+    _frozen: Counter | None
+
+    def state(self) -> dict[str, Any]:
+        return {"buckets": {b: dict(r) for b, r in self._buckets.data.items()},
+                "frozen": dict(self._frozen) if self._frozen is not None else None}
+
+    def load(self, st: dict[str, Any]) -> Self:
+        self._buckets.load({b: Counter(r) for b, r in st["buckets"].items()})
+        self._cur, self._ref = _Running(), _Running()
+        self._frozen = Counter(st["frozen"]) if st["frozen"] is not None else None
+        return self
+
+
 class EngagementDrift:
     """Shift of one cluster's positive-engagement rate: ``|rate now - rate at reference| - z * se`` (0 if below).
 
@@ -311,7 +329,7 @@ class EngagementDrift:
         return self
 
 
-class VolumeDrift:
+class VolumeDrift(_CounterWindows):
     """Each cluster's share of all engagements now vs at the reference: ``|log(share ratio)| - z * se``.
 
     Shares are smoothed (+0.5 counts), so a cluster with no reference traffic that starts trending scores high.
@@ -376,18 +394,8 @@ class VolumeDrift:
                 "share_before": c0 / n0, "count_before": int(c0), "share_after": c1 / n1, "count_after": int(c1),
                 "total_before": int(n0), "total_after": int(n1)}
 
-    def state(self) -> dict[str, Any]:
-        return {"buckets": {b: dict(r) for b, r in self._buckets.data.items()},
-                "frozen": dict(self._frozen) if self._frozen is not None else None}
 
-    def load(self, st: dict[str, Any]) -> VolumeDrift:
-        self._buckets.load({b: Counter(r) for b, r in st["buckets"].items()})
-        self._cur, self._ref = _Running(), _Running()
-        self._frozen = Counter(st["frozen"]) if st["frozen"] is not None else None
-        return self
-
-
-class TransitionDrift:
+class TransitionDrift(_CounterWindows):
     """One pair's successor distribution now vs at the reference: JSD (bits) minus its small-sample bias.
 
     The bias of the plug-in JSD of two samples (K successors seen, n0 and n1 triples) is about
@@ -440,16 +448,6 @@ class TransitionDrift:
     @property
     def empty(self) -> bool:
         return not self._buckets.data
-
-    def state(self) -> dict[str, Any]:
-        return {"buckets": {b: dict(r) for b, r in self._buckets.data.items()},
-                "frozen": dict(self._frozen) if self._frozen is not None else None}
-
-    def load(self, st: dict[str, Any]) -> TransitionDrift:
-        self._buckets.load({b: Counter(r) for b, r in st["buckets"].items()})
-        self._cur, self._ref = _Running(), _Running()
-        self._frozen = Counter(st["frozen"]) if st["frozen"] is not None else None
-        return self
 
 
 class ContentDrift:
