@@ -200,6 +200,33 @@ def _numpy_topk(matrix: np.ndarray, live: np.ndarray, n_live: int, queries: np.n
     return np.take_along_axis(top, order, axis=1), np.take_along_axis(part, order, axis=1)
 
 
+_TIE_EXTRA = 8  # candidates fetched past k: ties at rank k of up to this many extra ids are broken by id
+
+
+def _by_score_then_id(scores: np.ndarray, slots: np.ndarray, slot_ids: list, k: int) -> tuple[list[list[str]],
+                                                                                              np.ndarray]:
+    """The first ``k`` of each row's candidates (sorted by score, best first) with equal scores ordered by id, so
+    the answer is a function of the data: not of slot numbers (which depend on update history) nor of how a
+    backend's top-k orders ties (numpy, torch and FAISS differ). Rows without equal scores cost one comparison.
+
+    >>> s = np.array([[0.9, 0.5, 0.5, 0.1]], dtype=np.float32)
+    >>> _by_score_then_id(s, np.array([[0, 1, 2, 3]]), ["a", "z", "b", "c"], 2)[0]
+    [['a', 'b']]
+    """
+    rows = slots.tolist()
+    out_ids, out_scores = [], np.empty((len(rows), k), dtype=np.float32)
+    ties = (scores[:, 1:] == scores[:, :-1]).any(axis=1) if scores.shape[1] > 1 else np.zeros(len(rows), bool)
+    for i, row in enumerate(rows):
+        if not ties[i]:
+            out_ids.append([slot_ids[s] for s in row[:k]])
+            out_scores[i] = scores[i, :k]
+            continue
+        order = sorted(range(len(row)), key=lambda j, r=scores[i], row=row: (-r[j], slot_ids[row[j]]))[:k]
+        out_ids.append([slot_ids[row[j]] for j in order])
+        out_scores[i] = scores[i, order]
+    return out_ids, out_scores
+
+
 def _add_chunked(lock: threading.Lock, index: Any, rows: np.ndarray, ids: np.ndarray | None = None) -> None:
     """Add ``rows`` (under ``ids``) to ``index`` in chunks, each under ``lock``, so searches are not held up for a
     whole rebuild."""
@@ -581,15 +608,22 @@ class SlotVectorIndex:
             k = min(int(k), view.n_live)
             if k == 0:
                 return Hits([[] for _ in range(len(q))], np.empty((len(q), 0), dtype=np.float32), view.version)
-            if self._approximate(view):
-                scores, slots = view.approx.topk(view, q, k, self._store.topk)
-            else:
-                scores, slots = self._store.topk(view, q, k)
-            slot_ids = view.slot_ids
-            ids = [[slot_ids[s] for s in row] for row in slots.tolist()]
+            # Past k, so that a tie at rank k is broken by id too: fetch more while a row's last candidate still
+            # ties its k-th (which ids of a tied run a backend returns is arbitrary).
+            fetch = min(k + _TIE_EXTRA, view.n_live)
+            while True:
+                if self._approximate(view):
+                    scores, slots = view.approx.topk(view, q, fetch, self._store.topk)
+                else:
+                    scores, slots = self._store.topk(view, q, fetch)
+                scores = scores.astype(np.float32, copy=False)
+                if fetch >= view.n_live or not (scores[:, -1] == scores[:, k - 1]).any():
+                    break
+                fetch = min(4 * fetch, view.n_live)
+            ids, scores = _by_score_then_id(scores, slots, view.slot_ids, k)
         finally:
             self._release(view)
-        return Hits(ids, scores.astype(np.float32, copy=False), view.version)
+        return Hits(ids, scores, view.version)
 
     def to_arrays(self) -> VectorArrays:
         """The latest published version as arrays (live ids in slot order), e.g. to persist with source offsets."""

@@ -31,7 +31,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import faiss
 import numpy as np
 from scipy import sparse
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
@@ -50,6 +49,14 @@ _PHRASE_SHARE = 0.8  # a phrase replaces its words when it scores this share of 
 # ------------------------------------------------------------------------------------------------ k-means
 
 
+def _faiss() -> Any:
+    """FAISS, imported where clustering runs: what imports this module without clustering (the codebook store,
+    the query service, the GPU check on a machine without faiss) does not need it."""
+    import faiss
+
+    return faiss
+
+
 def _check_unit_rows(vectors: Any, name: str = "vectors") -> np.ndarray:
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
@@ -62,7 +69,7 @@ def _check_unit_rows(vectors: Any, name: str = "vectors") -> np.ndarray:
 
 def _use_gpu(gpu: bool | None) -> bool:
     """None: the GPU when FAISS sees one. True without one is an error, not a silent CPU fallback."""
-    n = faiss.get_num_gpus()
+    n = _faiss().get_num_gpus()
     if gpu is None:
         return n > 0
     if gpu and n == 0:
@@ -91,7 +98,7 @@ def _kmeanspp_init(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarra
 
 def _objective(x: np.ndarray, centroids: np.ndarray) -> float:
     """Sum of each point's cosine to its nearest centroid: what spherical k-means maximises."""
-    index = faiss.IndexFlatIP(x.shape[1])
+    index = _faiss().IndexFlatIP(x.shape[1])
     index.add(centroids)
     sims, _ = index.search(x, 1)
     return float(sims.sum())
@@ -125,7 +132,7 @@ def kmeans_centroids(vectors: np.ndarray, k: int, *, seed: int = 0, niter: int =
     rng = np.random.default_rng(seed)
     best: tuple[float, np.ndarray] | None = None
     for redo in range(nredo):
-        km = faiss.Kmeans(d, k, niter=niter, seed=seed * 1009 + redo, spherical=True, gpu=on_gpu,
+        km = _faiss().Kmeans(d, k, niter=niter, seed=seed * 1009 + redo, spherical=True, gpu=on_gpu,
                           max_points_per_centroid=max(256, -(-n // k)), min_points_per_centroid=1)
         km.train(x, init_centroids=_kmeanspp_init(x, k, rng))
         centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)

@@ -152,8 +152,12 @@ class TorchEmbedder:
             device = "cuda" if _torch_cuda() else "cpu"
         self.model = model
         self._st = SentenceTransformer(model, device=device)
+        # fp16 on CUDA; fp32 elsewhere, also for weights stored in fp16 (transformers >= 5 loads a checkpoint in
+        # its stored dtype, and fp16 matmuls on a CPU are slow and less exact).
         if device.startswith("cuda"):
             self._st.half()
+        else:
+            self._st.float()
         self.batch_size = batch_size
         # sentence-transformers >= 5.x renamed the method (the old name warns, and may go in a later major).
         dim = getattr(self._st, "get_embedding_dimension", None) or self._st.get_sentence_embedding_dimension

@@ -159,7 +159,7 @@ def test_kmeans_needs_unit_rows(bad):
         kmeans_centroids(bad, 2)
 
 
-@pytest.mark.skipif(clusters.faiss.get_num_gpus() > 0, reason="a GPU is present")
+@pytest.mark.skipif(clusters._faiss().get_num_gpus() > 0, reason="a GPU is present")
 def test_gpu_true_without_a_gpu_is_an_error_not_a_fallback():
     x, _ = blobs()
     with pytest.raises(ValueError, match="no GPU"):
