@@ -497,7 +497,8 @@ class LiveIndex:
                             "similarity": [round(s, 4) for _, s, _ in chosen]}
         # list() copies the values in one step (no thread switch inside); iterating the live dict while the
         # writer adds or drops a pair raises "dictionary changed size during iteration"
-        succ = self._blend([(p, 1.0) for p in list(self.pairs.values())], exclude)
+        # Sorted by pair: float sums in arrival order would let replicas of one changelog differ in the last bits.
+        succ = self._blend([(p, 1.0) for _, p in sorted(list(self.pairs.items()))], exclude)
         return self._rank(succ, k, mode), "global", {
             "support": round(sum(s["count"] for s in succ), 2), "pairs": len(self.pairs)}
 

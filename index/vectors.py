@@ -200,30 +200,32 @@ def _numpy_topk(matrix: np.ndarray, live: np.ndarray, n_live: int, queries: np.n
     return np.take_along_axis(top, order, axis=1), np.take_along_axis(part, order, axis=1)
 
 
-_TIE_EXTRA = 8  # candidates fetched past k: ties at rank k of up to this many extra ids are broken by id
+_TIE_EXTRA = 8  # candidates fetched past k, so the k-th place is decided among all that come near it
+# Scores within this of the k-th are "near": a backend's float32 sums differ by a few ulps with the row's position
+# in the matrix (BLAS kernels treat edge rows apart), so the same vector at two slots scores differently.
+_NEAR = 1e-5
 
 
-def _by_score_then_id(scores: np.ndarray, slots: np.ndarray, slot_ids: list, k: int) -> tuple[list[list[str]],
-                                                                                              np.ndarray]:
-    """The first ``k`` of each row's candidates (sorted by score, best first) with equal scores ordered by id, so
-    the answer is a function of the data: not of slot numbers (which depend on update history) nor of how a
-    backend's top-k orders ties (numpy, torch and FAISS differ). Rows without equal scores cost one comparison.
+def _rerank(queries: np.ndarray, slots: np.ndarray, rows: np.ndarray, slot_ids: list, k: int
+            ) -> tuple[list[list[str]], np.ndarray]:
+    """The first ``k`` of each row's candidate ``slots`` by score, scores recomputed in float64 one row at a time
+    from ``rows`` (the candidates' vectors, in ``slots``' order), equal scores ordered by id. So an answer is a
+    function of the data: not of slot numbers (they follow update history), not of the backend's summation order
+    (which depends on the matrix's shape and the row's place in it), not of how its top-k orders ties.
 
-    >>> s = np.array([[0.9, 0.5, 0.5, 0.1]], dtype=np.float32)
-    >>> _by_score_then_id(s, np.array([[0, 1, 2, 3]]), ["a", "z", "b", "c"], 2)[0]
-    [['a', 'b']]
+    >>> q = np.array([[1.0, 0.0]], dtype=np.float32)
+    >>> rows = np.array([[[0.6, 0.8], [0.6, 0.8], [1.0, 0.0]]], dtype=np.float32)
+    >>> _rerank(q, np.array([[0, 1, 2]]), rows, ["z", "b", "c"], 2)
+    ([['c', 'b']], array([[1. , 0.6]], dtype=float32))
     """
-    rows = slots.tolist()
-    out_ids, out_scores = [], np.empty((len(rows), k), dtype=np.float32)
-    ties = (scores[:, 1:] == scores[:, :-1]).any(axis=1) if scores.shape[1] > 1 else np.zeros(len(rows), bool)
-    for i, row in enumerate(rows):
-        if not ties[i]:
-            out_ids.append([slot_ids[s] for s in row[:k]])
-            out_scores[i] = scores[i, :k]
-            continue
-        order = sorted(range(len(row)), key=lambda j, r=scores[i], row=row: (-r[j], slot_ids[row[j]]))[:k]
+    q64 = queries.astype(np.float64)[:, None, :]
+    exact = (rows.astype(np.float64) * q64).sum(axis=2)  # one contiguous reduction per row: same vector, same sum
+    out_ids, out_scores = [], np.empty((len(slots), k), dtype=np.float32)
+    for i, row in enumerate(slots.tolist()):
+        sc = exact[i].tolist()
+        order = sorted(range(len(row)), key=lambda j, sc=sc, row=row: (-sc[j], slot_ids[row[j]]))[:k]
         out_ids.append([slot_ids[row[j]] for j in order])
-        out_scores[i] = scores[i, order]
+        out_scores[i] = [sc[j] for j in order]
     return out_ids, out_scores
 
 
@@ -608,19 +610,19 @@ class SlotVectorIndex:
             k = min(int(k), view.n_live)
             if k == 0:
                 return Hits([[] for _ in range(len(q))], np.empty((len(q), 0), dtype=np.float32), view.version)
-            # Past k, so that a tie at rank k is broken by id too: fetch more while a row's last candidate still
-            # ties its k-th (which ids of a tied run a backend returns is arbitrary).
+            # Candidates past k, more while a row's last one is still near its k-th: which of a run of (nearly)
+            # equal scores a backend returns is arbitrary, so all of the run is fetched and reranked.
             fetch = min(k + _TIE_EXTRA, view.n_live)
             while True:
                 if self._approximate(view):
                     scores, slots = view.approx.topk(view, q, fetch, self._store.topk)
                 else:
                     scores, slots = self._store.topk(view, q, fetch)
-                scores = scores.astype(np.float32, copy=False)
-                if fetch >= view.n_live or not (scores[:, -1] == scores[:, k - 1]).any():
+                if fetch >= view.n_live or not (scores[:, -1] >= scores[:, k - 1] - _NEAR).any():
                     break
                 fetch = min(4 * fetch, view.n_live)
-            ids, scores = _by_score_then_id(scores, slots, view.slot_ids, k)
+            rows = self._store.gather(view.matrix, slots.reshape(-1)).reshape(*slots.shape, self.dim)
+            ids, scores = _rerank(q, slots, np.asarray(rows), view.slot_ids, k)
         finally:
             self._release(view)
         return Hits(ids, scores, view.version)
