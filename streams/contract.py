@@ -17,6 +17,7 @@ machine-readable reason. Nothing raises: a message that cannot be understood is 
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,6 +45,11 @@ REASONS = (
 # Epoch-ms timestamps outside [1970, 2200) are certainly wrong units (seconds, microseconds) or garbage.
 _TS_MIN_MS = 0
 _TS_MAX_MS = 7_258_118_400_000
+
+# A dead letter is one record of the dead-letter topic: it must fit the broker's limit (message.max.bytes,
+# 1 MB by default) with room to spare, whatever it carries.
+DEAD_LETTER_MAX_BYTES = 900_000
+DEAD_LETTER_MAX_KEY_BYTES = 1024
 
 
 class RawMessage(NamedTuple):
@@ -96,23 +102,59 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
 
-    def to_json(self, now_ms: int | None = None) -> bytes:
-        """The dead-letter topic's value: original bytes as text where UTF-8, else base64."""
+    def to_json(self, now_ms: int | None = None, max_bytes: int = DEAD_LETTER_MAX_BYTES) -> bytes:
+        """The dead-letter topic's value: original bytes as text where UTF-8, else base64; never over ``max_bytes``.
+
+        A record that would be larger (a big message of control characters escapes to six times its size) keeps
+        the original's first bytes in base64 with ``value_truncated: true``, its full length and SHA-256, so the
+        dead letter always fits the topic and still identifies the message. Keys over ``DEAD_LETTER_MAX_KEY_BYTES``
+        are cut the same way.
+
+        >>> dl = DeadLetter("oversize_message", "", None, "engagements", 0, 7, b"u1", bytes(200_000))
+        >>> rec = orjson.loads(dl.to_json(0, max_bytes=4096))
+        >>> (rec["value_truncated"], rec["value_bytes"], len(dl.to_json(0, max_bytes=4096)) <= 4096)
+        (True, 200000, True)
+        """
         value_text, encoding = _encode_bytes(self.value)
-        key_text, key_encoding = _encode_bytes(self.key)
-        return orjson.dumps(
-            {
-                "reason": self.reason,
-                "detail": self.detail,
-                "field": self.field,
-                "source": {"topic": self.topic, "partition": self.partition, "offset": self.offset},
-                "key": key_text,
-                "key_encoding": key_encoding,
-                "value": value_text,
-                "value_encoding": encoding,
-                "dead_lettered_at_ms": int(time.time() * 1000) if now_ms is None else now_ms,
-            }
-        )
+        rec: dict[str, Any] = {
+            "reason": self.reason,
+            "detail": self.detail[:1024],
+            "field": self.field,
+            "source": {"topic": self.topic, "partition": self.partition, "offset": self.offset},
+            **_cut("key", self.key, DEAD_LETTER_MAX_KEY_BYTES),
+            "value": value_text,
+            "value_encoding": encoding,
+            "value_truncated": False,
+            "value_bytes": None if self.value is None else len(self.value),
+            "dead_lettered_at_ms": int(time.time() * 1000) if now_ms is None else now_ms,
+        }
+        out = orjson.dumps(rec)
+        if len(out) <= max_bytes:
+            return out
+        # Too large as text: base64 (4/3 of the bytes, never more) of as many first bytes as fit.
+        room = max_bytes - len(orjson.dumps({**rec, **_cut("value", self.value, 0)})) - 8  # for the base64 text
+        rec.update(_cut("value", self.value, max(0, room // 4 * 3), as_text=False))
+        return orjson.dumps(rec)
+
+
+def _cut(name: str, b: bytes | None, limit: int, as_text: bool = True) -> dict[str, Any]:
+    """``name`` (the original bytes as text where UTF-8 and ``as_text``, else base64) and its encoding; bytes over
+    ``limit`` keep their first ``limit`` bytes in base64, with ``{name}_truncated``, ``{name}_bytes`` and
+    ``{name}_sha256``."""
+    if b is None or (len(b) <= limit and as_text):
+        text, encoding = _encode_bytes(b)
+        return {name: text, f"{name}_encoding": encoding}
+    if len(b) <= limit:
+        return {name: base64.b64encode(b).decode("ascii"), f"{name}_encoding": "base64"}
+    return {name: base64.b64encode(b[:limit]).decode("ascii"), f"{name}_encoding": "base64",
+            f"{name}_truncated": True, f"{name}_bytes": len(b), f"{name}_sha256": hashlib.sha256(b).hexdigest()}
+
+
+def dead_letter_key(key: bytes | None) -> bytes | None:
+    """The dead-letter record's Kafka key: the original key, or its SHA-256 where it is over the key limit."""
+    if key is None or len(key) <= DEAD_LETTER_MAX_KEY_BYTES:
+        return key
+    return b"sha256:" + hashlib.sha256(key).hexdigest().encode()
 
 
 def _encode_bytes(b: bytes | None) -> tuple[str | None, str | None]:
@@ -125,7 +167,8 @@ def _encode_bytes(b: bytes | None) -> tuple[str | None, str | None]:
 
 
 def decode_original(dead_letter_json: dict[str, Any]) -> bytes | None:
-    """Inverse of the dead-letter encoding: the exact original value bytes.
+    """Inverse of the dead-letter encoding: the exact original value bytes (their first bytes only where the
+    record says ``value_truncated``).
 
     >>> dl = DeadLetter("invalid_utf8", "", None, "engagements", 0, 1, None, b"\\xff{")
     >>> decode_original(orjson.loads(dl.to_json(0)))

@@ -29,7 +29,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from streams.content_stage import ClusteringConfig, cluster_events, tally_items
-from streams.contract import ContentEvent, DeadLetter, Engagement, Validator
+from streams.contract import ContentEvent, DeadLetter, Engagement, Validator, dead_letter_key
 from streams.drift_stage import drift_alerts_and_status
 from streams.index_stage import index_mutations
 from streams.metrics import DEAD_LETTERS
@@ -44,7 +44,7 @@ def is_dead_letter(x: Engagement | ContentEvent | DeadLetter) -> bool:
 def encode_dead_letter(dl: DeadLetter) -> KeyedValue:
     """The dead-letter topic's message: original key, JSON value with reason and source position."""
     DEAD_LETTERS.labels(dl.reason).inc()
-    return KeyedValue(dl.key, dl.to_json())
+    return KeyedValue(dead_letter_key(dl.key), dl.to_json())
 
 
 def build_flow(

@@ -146,11 +146,14 @@ class Hold:
 
 def _ts_key(o: tuple) -> tuple:
     """A total order within an hour: content drift's running sums depend on the order items arrive in, and items
-    published at the same time come in whatever order the topic's partitions interleave."""
+    published at the same time come in whatever order the topic's partitions interleave. Keys are (time, kind,
+    fields of that kind): fields of different kinds (an item id, a cluster) are never compared."""
     kind = o[0]
     if kind == "t":
-        return (o[4], o[1], o[2], o[3])
-    return (o[2], o[1], o[5]) if kind == "i" else (o[2], o[1])
+        return (o[4], 2, o[1], o[2], o[3])
+    if kind == "i":
+        return (o[2], 1, o[1], o[5], bool(o[4]))
+    return (o[2], 0, o[1], bool(o[3]), o[4])
 
 
 def _feed(monitor: Any, obs: list[tuple], cadence: Any, hold: Hold) -> tuple[list[Any], int | None]:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import orjson
 import pytest
 
 from streams.contract import (
+    DEAD_LETTER_MAX_BYTES,
+    DEAD_LETTER_MAX_KEY_BYTES,
     REASONS,
     ContentEvent,
     DeadLetter,
     Engagement,
     RawMessage,
     Validator,
+    dead_letter_key,
     decode_original,
 )
 
@@ -146,3 +151,26 @@ def test_dead_letter_json_round_trips_original_bytes(value):
 def test_validator_checks_arguments():
     with pytest.raises(ValueError, match="positive_dwell_ms"):
         Validator(positive_dwell_ms=-1)
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000, 150_000, 200_000, 999_999])
+@pytest.mark.parametrize("fill", [b"\x01", b'"', b"\xff", b"a"])
+def test_a_dead_letter_always_fits_the_topic(size, fill):
+    """A 200 KB engagement of control bytes escaped to a 1.2 MB dead letter: the producer refused it
+    (MSG_SIZE_TOO_LARGE), the job exited, and every restart crashed on the same message."""
+    value = (fill * size)[:size]
+    v = Validator()
+    dl = v.validate(RawMessage("engagements", 2, 99, fill * 5000, value))
+    assert isinstance(dl, DeadLetter)
+    out = dl.to_json(0)
+    assert len(out) <= DEAD_LETTER_MAX_BYTES
+    rec = orjson.loads(out)
+    assert rec["source"] == {"topic": "engagements", "partition": 2, "offset": 99}
+    assert rec["value_bytes"] == size
+    if rec["value_truncated"]:
+        assert rec["value_sha256"] == hashlib.sha256(value).hexdigest()
+        assert value.startswith(decode_original(rec))
+    else:
+        assert decode_original(rec) == value and "value_sha256" not in rec
+    assert len(dead_letter_key(fill * 5000)) <= DEAD_LETTER_MAX_KEY_BYTES
+    assert rec["key_truncated"] is True and rec["key_bytes"] == 5000
