@@ -40,6 +40,8 @@ REASONS = (
     "oversize_field",  # a string field is longer than the contract allows
     "invalid_value",  # right type, value outside the contract (unknown action, bad timestamp, ...)
     "unknown_topic",  # the message came from a topic the contract does not describe
+    "future_event_time",  # ts is further ahead of the wall clock than contract.max_future_ms
+    "processing_error",  # a valid message whose handling failed in a dataflow step (see streams/errors.py)
 )
 
 # Epoch-ms timestamps outside [1970, 2200) are certainly wrong units (seconds, microseconds) or garbage.
@@ -234,6 +236,8 @@ class Validator:
         max_text_bytes: int = 8 * 1024,
         max_id_chars: int = 128,
         max_message_bytes: int = 64 * 1024,
+        max_future_ms: int | None = 86_400_000,
+        clock: Any = time.time,
     ) -> None:
         if positive_dwell_ms < 0:
             raise ValueError(f"positive_dwell_ms must be >= 0, got {positive_dwell_ms}")
@@ -245,6 +249,10 @@ class Validator:
         self.max_text_bytes = max_text_bytes
         self.max_id_chars = max_id_chars
         self.max_message_bytes = max_message_bytes
+        if max_future_ms is not None and max_future_ms < 0:
+            raise ValueError(f"max_future_ms must be >= 0 or None, got {max_future_ms}")
+        self.max_future_ms = max_future_ms
+        self.clock = clock
 
     @classmethod
     def from_settings(cls, settings: Any) -> Validator:
@@ -256,6 +264,7 @@ class Validator:
             max_text_bytes=c.max_text_bytes,
             max_id_chars=c.max_id_chars,
             max_message_bytes=c.max_message_bytes,
+            max_future_ms=c.max_future_ms,
         )
 
     def validate(self, msg: RawMessage) -> Engagement | ContentEvent | DeadLetter:
@@ -311,7 +320,15 @@ class Validator:
         v = obj.get("ts")
         if v is None:
             raise _Invalid("missing_field", "ts", "required field 'ts' is missing")
-        return parse_ts(v)
+        ms = parse_ts(v)
+        # The event-time guard: every decayed count, the index's watermark and the drift hold follow the newest
+        # event time they have seen, so one record dated years ahead would age everything else to nothing.
+        if self.max_future_ms is not None:
+            limit = int(self.clock() * 1000) + self.max_future_ms
+            if ms > limit:
+                raise _Invalid("future_event_time", "ts", f"ts={ms} is {ms - limit + self.max_future_ms} ms ahead "
+                               f"of the wall clock; limit {self.max_future_ms} (contract.max_future_ms)")
+        return ms
 
     def _text(self, v: Any, field: str = "text") -> str:
         if not isinstance(v, str):

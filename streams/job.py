@@ -180,7 +180,8 @@ class Job:
             files = {k.topic("items"): args.items} if args.items is not None else {}
             files[k.topic("engagements")] = args.events  # after content: ties in event time go to content
             if self.replay:
-                self.source = EventTimeFileSource(files, batch_size=batch)
+                self.source = EventTimeFileSource(files, batch_size=batch,
+                                                  max_future_ms=self.settings.contract.max_future_ms)
             else:
                 # The catalogue before the engagements, also where several workers read the files in parallel.
                 self.source = JsonlFileSource(files, batch_size=batch,

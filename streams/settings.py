@@ -82,6 +82,9 @@ class ContractSettings(BaseModel):
     max_id_chars: int = Field(128, ge=1)
     # Whole messages above this are dead-lettered before parsing (protects the JSON parser).
     max_message_bytes: int = Field(64 * 1024, ge=1024)
+    # Event-time guard: events dated further than this ahead of the wall clock are dead-lettered
+    # (future_event_time) before any state sees them. None turns the guard off (synthetic data dated ahead).
+    max_future_ms: int | None = Field(86_400_000, ge=0)
 
 
 class BrokerSettings(BaseModel):

@@ -234,11 +234,15 @@ def line_ts(raw: bytes) -> int | None:
 
 class _MergedFilesPartition(StatefulSourcePartition[RawMessage, dict[str, tuple[int, int]]]):
     """Lines of several files merged in event-time order: each file is read in order, and the next message is the
-    head with the earliest ``ts`` (ties: the files' order, content first). A line without a readable ``ts`` takes
-    the time of the line before it in its file, so it keeps its place; a file that goes back in time is still
+    head with the earliest ``ts`` (ties: the files' order, content first). A line without a readable ``ts`` (or
+    one past the event-time guard) takes the time of the line before it in its file, so it keeps its place; a file that goes back in time is still
     read in its own order (the merge never reorders a file) and counted in ``out_of_order``."""
 
-    def __init__(self, files: dict[str, Path], resume: dict[str, tuple[int, int]] | None, batch_size: int):
+    def __init__(self, files: dict[str, Path], resume: dict[str, tuple[int, int]] | None, batch_size: int,
+                 max_future_ms: int | None = None):
+        # A line dated past the event-time guard (the validator dead-letters it) is merged as if it had no time:
+        # taken as the file's time, one line dated 2100 would hold back the rest of its file behind all others.
+        self._ts_limit = None if max_future_ms is None else int(time.time() * 1000) + max_future_ms
         self._files = {t: p.open("rb") for t, p in files.items()}
         self._pos = dict(resume or {t: (0, 0) for t in files})
         for t, f in self._files.items():
@@ -256,7 +260,7 @@ class _MergedFilesPartition(StatefulSourcePartition[RawMessage, dict[str, tuple[
         if not raw:
             return None
         ts = line_ts(raw)
-        if ts is None:
+        if ts is None or (self._ts_limit is not None and ts > self._ts_limit):
             ts = self._last_ts[topic]
         elif ts < self._last_ts[topic]:
             self.out_of_order += 1
@@ -298,19 +302,20 @@ class EventTimeFileSource(FixedPartitionedSource[RawMessage, dict[str, tuple[int
     replay sees content and engagements interleaved as they happened (a file source per topic would let one run
     ahead of the other). The offsets of each file are its line numbers, as in :class:`JsonlFileSource`."""
 
-    def __init__(self, files: dict[str, Path], *, batch_size: int = 1000) -> None:
+    def __init__(self, files: dict[str, Path], *, batch_size: int = 1000, max_future_ms: int | None = None) -> None:
         for topic, path in files.items():
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{topic} file not found: {path}")
         self.files = {t: Path(p) for t, p in files.items()}  # ties go to the earlier file: pass content first
         self.batch_size = batch_size
+        self.max_future_ms = max_future_ms  # the contract's event-time guard (lines past it keep their place)
 
     def list_parts(self) -> list[str]:
         return ["event-time"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: dict[str, tuple[int, int]] | None
                    ) -> _MergedFilesPartition:
-        return _MergedFilesPartition(self.files, resume_state, self.batch_size)
+        return _MergedFilesPartition(self.files, resume_state, self.batch_size, self.max_future_ms)
 
 
 # ---------------------------------------------------------------------------------------------------- embedded
