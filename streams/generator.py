@@ -17,6 +17,15 @@ ramp linearly over a window. Scenario "stationary" plants none and reserves no c
 the paper's broad drift: no single planted change, but at 35% and 65% of the time span a fresh successor
 distribution for 60% of all pairs (ramped over a day), so most of what users do next changes twice.
 
+Scenario "retail" is shaped like a commerce or media purchase log instead: no planted drift, every engagement is
+a purchase (RETAIL_ACTION: the contract has no purchase action), times have minute resolution and come in
+baskets (a customer's several items at one minute, geometric size), customers' activity is much more
+heavy-tailed (Zipf RETAIL_USER_ZIPF: a few buy thousands of items, most a handful), volume follows the day, the
+week (weekend busier) and the season (a year-end peak) in absolute calendar time, the catalogue keeps growing
+(RETAIL_WEEKLY_GROWTH) and an item is first seen when first bought: its content event is published at that
+minute, just before that purchase; items nobody buys are never published. Clusters, successors, interests and
+item texts are the same model as the other scenarios', so the ground truth reads the same.
+
 Everything is a function of the seed (numpy PCG64 streams spawned from it): same seed, same bytes.
 
 >>> cfg = GeneratorConfig(seed=3, events=400, n_users=30, items_per_cluster=4, days=1.0, bad_fraction=0.1)
@@ -59,7 +68,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
-SCENARIOS = ("drifting", "stationary", "shifting")
+SCENARIOS = ("drifting", "stationary", "shifting", "retail")
 SHIFTS = (0.35, 0.65)  # "shifting": when (share of the span) a broad successor shift starts
 SHIFT_SHARE = 0.6  # and the share of pairs it redraws
 
@@ -71,6 +80,7 @@ SUCCESSOR_FLOOR = 0.08  # probability mass spread over every allowed successor
 USER_ZIPF, ITEM_ZIPF, CLUSTER_ZIPF = 0.7, 1.0, 0.9
 RFC3339_SHARE = 0.10  # engagements whose ts is an RFC 3339 string instead of epoch ms
 DIURNAL_AMPLITUDE = 0.35
+_DIURNAL_PHASE = 2 * np.pi * 20 / 24 - np.pi / 2  # the daily cycle peaks at 20:00
 WARMUP = 0.30
 TREND_SHARE_NEW, TREND_SHARE_GROWTH = 0.06, 0.12  # share of all engagements redirected by the volume drifts
 POSITIVE_ACTIONS = (("like", 0.30), ("share", 0.08), ("comment", 0.10), ("save", 0.07), ("view", 0.45))
@@ -85,6 +95,15 @@ _CHUNK = 8192
 _TOP_WEIGHTS = (0.7, 0.2, 0.1)  # strong successors of a drifted pair, before and after
 _APPEND = 1 << 30  # catalogue items keep their planned order; new ones enter near the top
 _MIN_CLUSTERS = 6
+# "retail": a purchase log (see the module docstring); reported in the ground truth's "retail" section.
+RETAIL_ACTION = "save"  # every purchase: positive without a dwell time (the contract has no "purchase")
+RETAIL_USER_ZIPF = 1.1  # customers' activity: far heavier-tailed than USER_ZIPF
+RETAIL_BASKET_MEAN, RETAIL_BASKET_MAX = 2.5, 40  # items per basket (one customer, one minute): geometric, capped
+RETAIL_WEEKDAY = (0.95, 0.9, 0.9, 0.95, 1.05, 1.45, 1.35)  # volume factor Monday..Sunday (UTC)
+RETAIL_SEASON_PEAK, RETAIL_SEASON_DAY, RETAIL_SEASON_WIDTH = 1.5, 351, 15.0  # +150% at Dec 18 (sigma 15 days)
+RETAIL_WEEKLY_GROWTH = 0.5  # new items per cluster and week, as a share of items_per_cluster
+MINUTE_MS = 60_000
+_YEAR_DAYS = 365.2425
 
 
 @dataclass(frozen=True)
@@ -277,6 +296,8 @@ def build_world(cfg: GeneratorConfig, rngs: dict[str, np.random.Generator]) -> W
     popularity = 1.0 / (1.0 + rng.permutation(k)) ** CLUSTER_ZIPF
     succ = successor_matrix(rng, popularity, trending)
     rates = rng.uniform(0.40, 0.65, size=k)
+    if cfg.scenario == "retail":  # purchases only: every engagement is positive
+        rates[:] = 1.0
     live = np.ones(k)
     if trending is not None:
         live[trending] = 0.0
@@ -288,7 +309,7 @@ def build_world(cfg: GeneratorConfig, rngs: dict[str, np.random.Generator]) -> W
     # Users: Zipf activity over a shuffled id space (ids do not reveal activity rank).
     perm = rng.permutation(cfg.n_users)
     user_ids = [f"u{p:06d}" for p in perm.tolist()]
-    user_cum = list(accumulate((1.0 / np.arange(1, cfg.n_users + 1) ** USER_ZIPF).tolist()))
+    user_cum = list(accumulate((1.0 / np.arange(1, cfg.n_users + 1) ** _user_zipf(cfg)).tolist()))
     init_state = _initial_state(rng, interests)
     world = World(cfg, topics, trending, succ, rates, interests, user_ids, user_cum, init_state, [], {}, {}, [],
                   [])
@@ -298,6 +319,17 @@ def build_world(cfg: GeneratorConfig, rngs: dict[str, np.random.Generator]) -> W
         _plant_shifts(world, rng, popularity)
     world.items = plan_items(cfg, world, rngs["items"], rngs["bad_items"])
     return world
+
+
+def _user_zipf(cfg: GeneratorConfig) -> float:
+    return RETAIL_USER_ZIPF if cfg.scenario == "retail" else USER_ZIPF
+
+
+def _new_items_per_cluster(cfg: GeneratorConfig) -> int:
+    """Items each cluster gains over the span: a fifth of the initial catalogue; in "retail", a growing one."""
+    if cfg.scenario == "retail":
+        return max(1, round(cfg.items_per_cluster * RETAIL_WEEKLY_GROWTH * cfg.days / 7))
+    return max(1, cfg.items_per_cluster // 5)
 
 
 def _initial_state(rng: np.random.Generator, interests: np.ndarray) -> list[tuple[int, int]]:
@@ -437,7 +469,10 @@ def _dist_json(p: np.ndarray) -> dict[str, float]:
 
 def plan_items(cfg: GeneratorConfig, w: World, rng: np.random.Generator,
                bad_rng: np.random.Generator) -> list[PlannedItem]:
-    """Catalogue at start, regular new items over time, content-drift and trending items; sorted by time."""
+    """Catalogue at start, regular new items over time, content-drift and trending items; sorted by time.
+
+    An item's ts_ms is when it becomes available; in "retail" its content event waits for its first purchase.
+    """
     k, span, start = cfg.n_clusters, cfg.span_ms, cfg.start_ms
     content = {d.cluster: d for d in w.drifts if d.kind == "content"}
     new_cluster = next((d for d in w.drifts if d.kind == "volume" and d.mode == "abrupt"), None)
@@ -446,7 +481,7 @@ def plan_items(cfg: GeneratorConfig, w: World, rng: np.random.Generator,
         if c == w.trending:
             continue
         plan += [(start, c)] * cfg.items_per_cluster
-        n_new = max(1, cfg.items_per_cluster // 5)
+        n_new = _new_items_per_cluster(cfg)
         plan += [(start + 1 + int(x), c) for x in rng.uniform(0, span - 1, n_new).tolist()]
     half = max(2, cfg.items_per_cluster // 2)
     for c, d in sorted(content.items()):  # a burst of new content carries the shift
@@ -473,18 +508,63 @@ def plan_items(cfg: GeneratorConfig, w: World, rng: np.random.Generator,
     return items
 
 
-def event_times(rng: np.random.Generator, cfg: GeneratorConfig) -> np.ndarray:
-    """Epoch-ms times of the engagement slots: a Poisson process with a mild diurnal cycle (peak ~20:00 UTC).
+def _grid(cfg: GeneratorConfig) -> np.ndarray:
+    """Offsets from start_ms, one a minute (minute resolution is plenty for an intensity)."""
+    return np.linspace(0.0, cfg.span_ms, max(2, cfg.span_ms // MINUTE_MS + 1))
+
+
+def _warp_times(rng: np.random.Generator, n: int, grid: np.ndarray, warped: np.ndarray) -> np.ndarray:
+    """n sorted times (offsets on ``grid``) of a Poisson process whose integrated intensity on ``grid`` is ``warped``.
 
     Uniform order statistics in the time-warped axis Lambda(t) = integral of the intensity, mapped back.
     """
-    span = cfg.span_ms
-    grid = np.linspace(0.0, span, max(2, span // 60_000 + 1))  # minute resolution is plenty
-    phi = 2 * np.pi * 20 / 24 - np.pi / 2
+    gaps = rng.exponential(size=n + 1)
+    pos = np.cumsum(gaps)[:n] / gaps.sum() * warped[-1]
+    return np.interp(pos, warped, grid)
+
+
+def event_times(rng: np.random.Generator, cfg: GeneratorConfig) -> np.ndarray:
+    """Epoch-ms times of the engagement slots: a Poisson process with a mild diurnal cycle (peak ~20:00 UTC)."""
+    grid = _grid(cfg)
+    phi = _DIURNAL_PHASE
     warped = grid + DIURNAL_AMPLITUDE * DAY_MS / (2 * np.pi) * (np.cos(phi) - np.cos(2 * np.pi * grid / DAY_MS - phi))
-    gaps = rng.exponential(size=cfg.events + 1)
-    pos = np.cumsum(gaps)[: cfg.events] / gaps.sum() * warped[-1]
-    return cfg.start_ms + np.floor(np.interp(pos, warped, grid)).astype(np.int64)
+    return cfg.start_ms + np.floor(_warp_times(rng, cfg.events, grid, warped)).astype(np.int64)
+
+
+def retail_intensity(ms: np.ndarray) -> np.ndarray:
+    """Relative purchase volume at epoch-ms times: daily cycle x day of the week x year-end season (all UTC).
+
+    >>> dec, octo, sat = retail_intensity(np.array([1765828800000, 1760385600000, 1760817600000]))
+    >>> round(float(dec / octo), 2), round(float(sat / octo), 2)  # Mon Dec 15 and Sat Oct 18 over Mon Oct 13, 20:00
+    (2.49, 1.53)
+    """
+    ms = np.asarray(ms, dtype=float)
+    days = ms / DAY_MS
+    daily = 1 + DIURNAL_AMPLITUDE * np.sin(2 * np.pi * (days % 1.0) - _DIURNAL_PHASE)
+    weekly = np.asarray(RETAIL_WEEKDAY)[(np.floor(days).astype(np.int64) + 3) % 7]  # 1970-01-01 was a Thursday
+    phase = (days - RETAIL_SEASON_DAY) % _YEAR_DAYS
+    to_peak = np.minimum(phase, _YEAR_DAYS - phase)
+    season = 1 + RETAIL_SEASON_PEAK * np.exp(-0.5 * (to_peak / RETAIL_SEASON_WIDTH) ** 2)
+    return daily * weekly * season
+
+
+def retail_times(rng: np.random.Generator, cfg: GeneratorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(epoch-ms time, basket uniform) per engagement slot of the "retail" scenario.
+
+    Baskets of geometric size (RETAIL_BASKET_MEAN, at most RETAIL_BASKET_MAX) arrive as a Poisson process of
+    intensity retail_intensity; each basket's slots share its minute and one uniform, which picks its customer.
+    """
+    n = cfg.events
+    sizes = np.minimum(rng.geometric(1 / RETAIL_BASKET_MEAN, size=max(n, 1)), RETAIL_BASKET_MAX)
+    n_baskets = int(np.searchsorted(np.cumsum(sizes), n)) + 1 if n else 0
+    basket = np.repeat(np.arange(n_baskets), sizes[:n_baskets])[:n]
+    grid = _grid(cfg)
+    rate = retail_intensity(cfg.start_ms + grid)
+    warped = np.concatenate(([0.0], np.cumsum((rate[1:] + rate[:-1]) / 2 * np.diff(grid))))
+    t = cfg.start_ms + np.floor(_warp_times(rng, n_baskets, grid, warped)).astype(np.int64)
+    first = -(-cfg.start_ms // MINUTE_MS) * MINUTE_MS
+    t = np.maximum(t - t % MINUTE_MS, first)
+    return t[basket], rng.random(n_baskets)[basket]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -527,6 +607,7 @@ class WorkloadGenerator:
         self._seeds = dict(zip(self._STREAMS, children, strict=True))
         self.world = build_world(config, {n: self._rng(n) for n in ("world", "items", "bad_items")})
         self._counts: dict[str, Any] | None = None
+        self._first_seen: dict[str, int] = {}
 
     def _rng(self, name: str) -> np.random.Generator:
         return np.random.Generator(np.random.PCG64(self._seeds[name]))
@@ -536,13 +617,19 @@ class WorkloadGenerator:
         sim = _Simulation(w)
         counts: Counter[str] = Counter()
         bad_rng = self._rng("bad")
-        times = event_times(self._rng("clock"), cfg)
+        baskets = None
+        if cfg.scenario == "retail":
+            times, baskets = retail_times(self._rng("clock"), cfg)
+        else:
+            times = event_times(self._rng("clock"), cfg)
         sim_rng = self._rng("sim")
         items, n_items, next_item = w.items, len(w.items), 0
         for a in range(0, cfg.events, _CHUNK):
             ts_arr = times[a : a + _CHUNK]
             ts = ts_arr.tolist()
             draws = sim_rng.random((_Simulation.N_DRAWS, len(ts))).tolist()
+            if baskets is not None:  # u[0] picks the customer: one per basket
+                draws[0] = baskets[a : a + _CHUNK].tolist()
             normal = sim_rng.standard_normal(len(ts)).tolist()
             bad_draws = bad_rng.random((5, len(ts))).tolist()
             sim.set_progress(ts_arr)
@@ -553,7 +640,7 @@ class WorkloadGenerator:
                 if bad_draws[0][i] < cfg.bad_fraction:
                     yield sim.bad(a + i, t, [b[i] for b in bad_draws], counts)
                 else:
-                    yield sim.engagement(a + i, t, [d[i] for d in draws], normal[i], counts)
+                    yield from sim.engagement(a + i, t, [d[i] for d in draws], normal[i], counts)
         while next_item < n_items:  # items released after the last engagement still belong to the catalogue
             yield from sim.release(items[next_item], counts)
             next_item += 1
@@ -564,6 +651,7 @@ class WorkloadGenerator:
             "bad_total": sum(v for k, v in counts.items() if k.startswith("bad:")),
             "positive": counts["positive"],
         }
+        self._first_seen = sim.first_seen
 
     def ground_truth(self) -> dict[str, Any]:
         """The planted truth; generates the workload once (discarding it) if messages() was not consumed."""
@@ -571,7 +659,7 @@ class WorkloadGenerator:
             for _ in self.messages():
                 pass
         assert self._counts is not None
-        return ground_truth(self.world, self._counts)
+        return ground_truth(self.world, self._counts, self._first_seen)
 
 
 class _Simulation:
@@ -598,22 +686,35 @@ class _Simulation:
         self.progress: list[list[float]] = []
         self.thr = cfg.positive_dwell_ms
         self.text_fraction = cfg.text_fraction
+        retail = cfg.scenario == "retail"
+        self.pos_names, self.pos_cum = ([RETAIL_ACTION], [1.0]) if retail else (_POS_NAMES, _POS_CUM)
+        self.lazy = retail  # publish an item at its first engagement, not when it becomes available
+        self.unpublished: dict[str, PlannedItem] = {}
+        self.first_seen: dict[str, int] = {}  # item -> ts of its content event
 
     def set_progress(self, ts: np.ndarray) -> None:
         self.progress = [d.progress(ts).tolist() for d in self.w.drifts]
 
     def release(self, it: PlannedItem, counts: Counter[str]) -> Iterator[GeneratedMessage]:
-        content = {"item_id": it.item_id, "text": it.text, "ts": it.ts_ms, "tags": list(it.tags)}
-        key = it.item_id.encode()
+        """The item becomes available to engagements; published now, or (lazy) at its first engagement."""
         lst = self.ranked[it.cluster]
         lst.insert(min(it.rank, len(lst)), it.item_id)
+        if self.lazy:
+            self.unpublished[it.item_id] = it
+        else:
+            yield from self._publish(it, it.ts_ms, counts)
+
+    def _publish(self, it: PlannedItem, ts: int, counts: Counter[str]) -> Iterator[GeneratedMessage]:
+        content = {"item_id": it.item_id, "text": it.text, "ts": ts, "tags": list(it.tags)}
+        key = it.item_id.encode()
         self.released.append(it.item_id)
         self.text_of[it.item_id] = it.text
+        self.first_seen[it.item_id] = ts
         counts["items"] += 1
-        yield GeneratedMessage("items", key, orjson.dumps(content), it.ts_ms, None)
+        yield GeneratedMessage("items", key, orjson.dumps(content), ts, None)
         if it.bad_kind is not None:  # a broken re-publish of the same item
             counts["bad:" + it.bad_kind] += 1
-            yield GeneratedMessage("items", key, bad_content(it.bad_kind, content), it.ts_ms, it.bad_kind)
+            yield GeneratedMessage("items", key, bad_content(it.bad_kind, content), ts, it.bad_kind)
 
     def bad(self, slot: int, t: int, u: list[float], counts: Counter[str]) -> GeneratedMessage:
         kind = engagement_kind(u[1])
@@ -658,7 +759,9 @@ class _Simulation:
                         break
         return min(bisect_right(cum, u[4] * cum[-1]), self.k - 1)
 
-    def engagement(self, slot: int, t: int, u: list[float], z: float, counts: Counter[str]) -> GeneratedMessage:
+    def engagement(self, slot: int, t: int, u: list[float], z: float,
+                   counts: Counter[str]) -> Iterator[GeneratedMessage]:
+        """The engagement message of one slot, after its item's content event if the item is first seen here."""
         w = self.w
         user = min(bisect_right(w.user_cum, u[0] * self.user_total), len(w.user_ids) - 1)
         i = slot % _CHUNK
@@ -669,12 +772,14 @@ class _Simulation:
             lst = self.ranked[c]
         n = len(lst)
         item = lst[bisect_right(self.zipf, u[6] * self.zipf[n - 1], 0, n - 1)]
+        if item in self.unpublished:
+            yield from self._publish(self.unpublished.pop(item), t, counts)
         drift = w.engagement_drift.get(c)
         rate = self.rates[c] if drift is None else drift[1] + self.progress[drift[0]][i] * (drift[2] - drift[1])
         positive = u[7] < rate
         dwell = None
         if positive:
-            action = _POS_NAMES[bisect_right(_POS_CUM, u[8] * _POS_CUM[-1])]
+            action = self.pos_names[bisect_right(self.pos_cum, u[8] * self.pos_cum[-1])]
             if action == "view":
                 dwell = self.thr + min(int(math.exp(8.8 + 0.9 * z)), 600_000)
             if c != self.h2[user]:
@@ -696,7 +801,7 @@ class _Simulation:
         if u[11] < self.text_fraction:
             obj["text"] = self.text_of[item]
         counts["engagements"] += 1
-        return GeneratedMessage("engagements", uid.encode(), orjson.dumps(obj), t, None)
+        yield GeneratedMessage("engagements", uid.encode(), orjson.dumps(obj), t, None)
 
 
 # ------------------------------------------------------------------------------------------- ground truth
@@ -720,19 +825,22 @@ _NOTES = {
 }
 
 
-def ground_truth(w: World, counts: dict[str, Any]) -> dict[str, Any]:
+def ground_truth(w: World, counts: dict[str, Any], first_seen: dict[str, int]) -> dict[str, Any]:
+    """The planted truth; ``first_seen``: each published item's content ts (unpublished items are left out)."""
     cfg, k = w.config, w.config.n_clusters
-    return {
+    items = [it for it in w.items if it.item_id in first_seen]
+    gt: dict[str, Any] = {
         "seed": cfg.seed,
         "scenario": cfg.scenario,
         "config": dataclasses.asdict(cfg),
         "clusters": [{"id": c, "name": t.name, "keywords": list(t.keywords), "shifted_name": t.shifted_name}
                      for c, t in enumerate(w.topics)],
         "trending_cluster": w.trending,
-        "items": {it.item_id: it.cluster for it in w.items},
-        "item_releases": [{"item_id": it.item_id, "ts_ms": it.ts_ms, "cluster": it.cluster,
-                           "vocabulary": "shifted" if it.shifted else "base"}
-                          for it in w.items if it.ts_ms > cfg.start_ms],
+        "items": {it.item_id: it.cluster for it in items},
+        "item_releases": sorted(({"item_id": it.item_id, "ts_ms": first_seen[it.item_id], "cluster": it.cluster,
+                                  "vocabulary": "shifted" if it.shifted else "base"}
+                                 for it in items if first_seen[it.item_id] > cfg.start_ms),
+                                key=lambda r: (r["ts_ms"], r["item_id"])),
         "drifts": [{"id": d.id, "kind": d.kind, "mode": d.mode, "start_ms": d.start_ms, "end_ms": d.end_ms,
                     "cluster": d.cluster, "pair": list(d.pair) if d.pair else None,
                     "magnitude": round(d.magnitude, 6), "before": d.before, "after": d.after} for d in w.drifts],
@@ -750,12 +858,23 @@ def ground_truth(w: World, counts: dict[str, Any]) -> dict[str, Any]:
                         for c, (n, _, r1) in sorted(w.engagement_drift.items(), key=lambda kv: kv[1][0])],
         },
         "model": {"p_stay": P_STAY, "p_back": P_BACK, "interest_weight": INTEREST_WEIGHT,
-                  "successor_floor": SUCCESSOR_FLOOR, "user_zipf": USER_ZIPF, "item_zipf": ITEM_ZIPF,
+                  "successor_floor": SUCCESSOR_FLOOR, "user_zipf": _user_zipf(cfg), "item_zipf": ITEM_ZIPF,
                   "cluster_zipf": CLUSTER_ZIPF,
                   "rfc3339_share": RFC3339_SHARE, "warmup": WARMUP},
         "notes": _NOTES,
         "counts": counts,
     }
+    if cfg.scenario == "retail":
+        gt["retail"] = {
+            "action": RETAIL_ACTION, "basket_mean": RETAIL_BASKET_MEAN, "basket_max": RETAIL_BASKET_MAX,
+            "weekday_factors": list(RETAIL_WEEKDAY), "season_peak": RETAIL_SEASON_PEAK,
+            "season_day_of_year": RETAIL_SEASON_DAY, "season_width_days": RETAIL_SEASON_WIDTH,
+            "weekly_growth": RETAIL_WEEKLY_GROWTH, "new_items_per_cluster": _new_items_per_cluster(cfg),
+            "note": "purchases only; ts on whole minutes, a basket's items share one; volume = daily x weekday x "
+            "season (UTC, see retail_intensity); items: only those bought, each published at its first purchase "
+            "(item_releases: first purchases after start_ms); engagement_rates are all 1",
+        }
+    return gt
 
 
 def dump_ground_truth(gt: dict[str, Any]) -> bytes:
@@ -879,7 +998,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--days", type=float, default=d.days, help="event-time span")
     parser.add_argument("--start", default=str(d.start_ms),
                         help="first event time: epoch ms, RFC 3339, or 'now' (the span ends now; not reproducible)")
-    parser.add_argument("--scenario", choices=SCENARIOS, default=d.scenario)
+    parser.add_argument("--scenario", choices=SCENARIOS, default=d.scenario,
+                        help="drifting: planted drifts; stationary: none; shifting: broad successor shifts; "
+                        "retail: a purchase log (baskets, minute times, weekly/seasonal volume, heavy customers)")
     parser.add_argument("--bad-fraction", type=float, default=d.bad_fraction, help="share of malformed messages")
     parser.add_argument("--text-fraction", type=float, default=d.text_fraction,
                         help="share of engagements carrying the item text inline")

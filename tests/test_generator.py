@@ -407,6 +407,135 @@ def test_stationary_scenario_keeps_shares_steady(stationary):
         assert abs(a - b) < 0.05, (c, a, b)
 
 
+# ----------------------------------------------------------------------------------------------- retail
+
+# Four whole weeks from Thursday 2026-01-01: every weekday equally often.
+RETAIL = GeneratorConfig(seed=11, scenario="retail", events=6_000, n_users=500, items_per_cluster=10, days=28.0,
+                         bad_fraction=0.05)
+MINUTE = 60_000
+
+
+@pytest.fixture(scope="module")
+def retail() -> Workload:
+    return Workload(RETAIL)
+
+
+def test_retail_is_purchases_only(retail):
+    assert len(retail.engagements) == sum(m.topic == "engagements" and m.bad_kind is None for m in retail.messages)
+    assert {e.action for e in retail.engagements} == {"save"}
+    assert all(e.positive and e.dwell_ms is None for e in retail.engagements)
+    assert retail.gt["counts"]["positive"] == retail.gt["counts"]["engagements"] == len(retail.engagements)
+    assert set(retail.gt["engagement_rates"]["initial"].values()) == {1.0}
+
+
+def test_retail_minute_timestamps_in_baskets(retail):
+    assert all(e.ts_ms % MINUTE == 0 for e in retail.engagements)
+    assert all(e.ts_ms % MINUTE == 0 for e in retail.contents)
+    ts = [m.ts_ms for m in retail.messages]
+    assert ts == sorted(ts) and ts[0] >= retail.first_ms and ts[-1] < retail.end_ms
+    per_minute = Counter(e.ts_ms for e in retail.engagements)
+    assert sum(n >= 3 for n in per_minute.values()) >= 100
+    # A basket: one customer's several items at one minute.
+    per_user_minute = Counter((e.user_id, e.ts_ms) for e in retail.engagements)
+    assert sum(n >= 3 for n in per_user_minute.values()) >= 100
+
+
+def test_retail_items_are_first_seen_at_their_first_purchase(retail):
+    published: dict[str, int] = {}
+    for e in retail.validated:
+        if isinstance(e, ContentEvent):
+            assert e.item_id not in published or published[e.item_id] == e.ts_ms  # a bad re-publish: same ts
+            published[e.item_id] = e.ts_ms
+        elif isinstance(e, Engagement):
+            assert e.item_id in published and e.ts_ms >= published[e.item_id], e
+    first: dict[str, int] = {}
+    for e in retail.engagements:
+        first.setdefault(e.item_id, e.ts_ms)
+    assert first == published  # every published item is bought, at its content event's minute
+    content_ts = [e.ts_ms for e in retail.contents]
+    assert content_ts == sorted(content_ts)  # items.jsonl is in event-time order
+    assert retail.item_cluster == {i: retail.item_cluster[i] for i in published}  # ground truth: the seen items
+    assert len(retail.gt["items"]) == retail.gt["counts"]["items"] == len(published)
+    assert retail.gt["item_releases"] == sorted(retail.gt["item_releases"], key=lambda r: (r["ts_ms"], r["item_id"]))
+    assert {r["item_id"]: r["ts_ms"] for r in retail.gt["item_releases"]} == {
+        i: t for i, t in published.items() if t > retail.first_ms}
+
+
+def test_retail_customers_are_heavy_tailed(retail):
+    per_user = sorted(Counter(e.user_id for e in retail.engagements).values(), reverse=True)
+    top = max(1, len(per_user) // 100)
+    assert sum(per_user[:top]) / sum(per_user) > 0.25  # the top 1% of customers
+    assert per_user[0] > 50 * per_user[len(per_user) // 2]  # the busiest one vs the median one (a handful)
+    # ... far more than in the synthetic scenarios
+    other = Workload(GeneratorConfig(**{**vars(RETAIL), "scenario": "stationary"}))
+    other_users = sorted(Counter(e.user_id for e in other.engagements).values(), reverse=True)
+    assert sum(per_user[:top]) / sum(per_user) > 2 * sum(other_users[:top]) / sum(other_users)
+
+
+def test_retail_weekend_busier_than_weekdays(retail):
+    per_weekday = Counter((e.ts_ms // 86_400_000 + 3) % 7 for e in retail.engagements)  # Monday = 0
+    weekday = sum(per_weekday[d] for d in range(5)) / 5
+    weekend = (per_weekday[5] + per_weekday[6]) / 2
+    assert weekend > 1.15 * weekday, per_weekday
+
+
+def test_retail_year_end_peak():
+    start = 1_761_955_200_000  # 2025-11-01
+    w = Workload(GeneratorConfig(seed=5, scenario="retail", events=4_000, n_users=300, items_per_cluster=5,
+                                 days=61.0, start_ms=start))
+    day = Counter((e.ts_ms - start) // 86_400_000 for e in w.engagements)
+    november = sum(day[d] for d in range(0, 14))  # Nov 1..14
+    december = sum(day[d] for d in range(40, 54))  # Dec 11..24: both two whole weeks
+    assert december > 1.6 * november, (november, december)
+
+
+def test_retail_catalogue_keeps_growing(retail):
+    quarter = RETAIL.span_ms // 4
+    new_per_quarter = Counter(min(3, (t - retail.first_ms) // quarter) for t in
+                              (e.ts_ms for e in retail.contents))
+    assert all(new_per_quarter[q] > 0.1 * len(retail.contents) for q in range(4)), new_per_quarter
+    planned = retail.gt["retail"]["new_items_per_cluster"]
+    assert planned == round(RETAIL.items_per_cluster * 0.5 * RETAIL.days / 7)  # the catalogue triples in 4 weeks
+    # Long tail within a cluster: the most bought item far above the median one.
+    per_item = sorted(Counter(e.item_id for e in retail.engagements).values(), reverse=True)
+    assert per_item[0] > 10 * per_item[len(per_item) // 2]
+    # New items get bought: a clear share of the last quarter's purchases is of items first seen in it.
+    last = retail.first_ms + 3 * quarter
+    fresh = {e.item_id for e in retail.contents if e.ts_ms >= last}
+    late = [e for e in retail.engagements if e.ts_ms >= last]
+    assert sum(e.item_id in fresh for e in late) / len(late) > 0.05
+
+
+def test_retail_ground_truth_and_triples(retail):
+    gt = retail.gt
+    assert gt["scenario"] == "retail" and gt["drifts"] == [] and gt["trending_cluster"] is None
+    assert gt["successors"]["changes"] == [] and gt["model"]["user_zipf"] > 1
+    assert set(gt["retail"]) >= {"action", "basket_mean", "weekday_factors", "season_peak", "weekly_growth"}
+    assert len(retail.timed_triples) > 500  # purchase sequences feed the paper's transitions
+    assert all(c not in (a, b) for _, (a, b, c) in retail.timed_triples)
+
+
+def test_retail_bad_messages_are_labelled(retail):
+    kinds: Counter[str] = Counter()
+    for m, result in zip(retail.messages, retail.validated, strict=True):
+        assert isinstance(result, DeadLetter) == (m.bad_kind is not None), m
+        if m.bad_kind is not None:
+            assert result.reason == BAD_KINDS[m.bad_kind]
+            kinds[m.bad_kind] += 1
+    assert 0.04 < sum(n for k, n in kinds.items() if k in ENGAGEMENT_BAD_KINDS) / RETAIL.events < 0.06
+    assert retail.gt["counts"]["bad"] == dict(sorted(kinds.items()))
+
+
+def test_retail_is_deterministic_per_seed(tmp_path):
+    cfg = GeneratorConfig(**{**vars(RETAIL), "events": 1_500})
+    write_files(cfg, tmp_path / "a")
+    write_files(cfg, tmp_path / "b")
+    write_files(GeneratorConfig(**{**vars(cfg), "seed": 12}), tmp_path / "c")
+    for name in ("engagements.jsonl", "items.jsonl", "ground_truth.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+        assert (tmp_path / "a" / name).read_bytes() != (tmp_path / "c" / name).read_bytes(), name
+
+
 # -------------------------------------------------------------------------------------------------- CLI
 
 
@@ -425,6 +554,20 @@ def test_run_writes_files_and_prints_a_summary(tmp_path, capsys):
     assert len((tmp_path / "engagements.jsonl").read_bytes().splitlines()) == 2000
     gt = json.loads((tmp_path / "ground_truth.json").read_text())
     assert gt["config"]["n_users"] == 100 and gt["seed"] == 3
+
+
+def test_run_accepts_the_retail_scenario(tmp_path, capsys):
+    from streams.cli import build_parser
+
+    args = build_parser().parse_args(["generate", "--scenario", "retail", "--seed", "4", "--out", str(tmp_path),
+                                      "--events", "1000", "--users", "80", "--days", "60"])
+    assert run(args, Settings()) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["scenario"] == "retail" and summary["files"]["engagements"] == 1000
+    gt = json.loads((tmp_path / "ground_truth.json").read_text())
+    assert gt["scenario"] == "retail" and gt["config"]["days"] == 60
+    lines = (tmp_path / "engagements.jsonl").read_bytes().splitlines()
+    assert {orjson.loads(line)["action"] for line in lines} == {"save"}
 
 
 def test_run_needs_out_or_kafka(capsys):
