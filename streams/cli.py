@@ -16,7 +16,7 @@ from pydantic import ValidationError
 COMMANDS: dict[str, tuple[str, str]] = {
     "kafka": ("streams.broker", "start, stop or inspect a local Apache Kafka broker (no Docker needed)"),
     "topics": ("streams.topics", "create (idempotently) or list the project's Kafka topics"),
-    "generate": ("streams.generator", "write a synthetic workload (drifting, shifting, stationary or retail-shaped) to JSONL files or Kafka"),
+    "generate": ("streams.generator", "write a synthetic workload (a scenario) to JSONL files or Kafka"),
     "run": ("streams.job", "run the stream job (Kafka, files, or --embedded with no Kafka)"),
     "replay": ("streams.replay", "run the same dataflow over event files in event-time order; write what it produced"),
     "clusters": ("streams.clusters_cli", "build, show or list interest-cluster codebooks"),

@@ -235,8 +235,9 @@ def line_ts(raw: bytes) -> int | None:
 class _MergedFilesPartition(StatefulSourcePartition[RawMessage, dict[str, tuple[int, int]]]):
     """Lines of several files merged in event-time order: each file is read in order, and the next message is the
     head with the earliest ``ts`` (ties: the files' order, content first). A line without a readable ``ts`` (or
-    one past the event-time guard) takes the time of the line before it in its file, so it keeps its place; a file that goes back in time is still
-    read in its own order (the merge never reorders a file) and counted in ``out_of_order``."""
+    one past the event-time guard) takes the time of the line before it in its file, so it keeps its place; a
+    file that goes back in time is still read in its own order (the merge never reorders a file) and counted in
+    ``out_of_order``."""
 
     def __init__(self, files: dict[str, Path], resume: dict[str, tuple[int, int]] | None, batch_size: int,
                  max_future_ms: int | None = None):
