@@ -111,6 +111,13 @@ class DecayedCounter:
         self._total += w
         return self
 
+    def copy(self) -> DecayedCounter:
+        """An independent copy (the values dict copied; O(keys))."""
+        new = DecayedCounter.__new__(DecayedCounter)
+        new.half_life_ms, new._inv_half_life = self.half_life_ms, self._inv_half_life
+        new._values, new._total, new._ref, new._latest = dict(self._values), self._total, self._ref, self._latest
+        return new
+
     def _rebase(self, ref_ms: int) -> None:
         f = 2.0 ** ((self._ref - ref_ms) * self._inv_half_life)  # type: ignore[operator]
         values = self._values
@@ -218,6 +225,20 @@ class PairSuccessors:
     def update(self, c_next: Hashable, ts_ms: int) -> PairSuccessors:
         self._counter.update(c_next, ts_ms)
         return self
+
+    def copy(self) -> PairSuccessors:
+        """An independent copy: the counter copied, the reference shares shared (they are never changed in place).
+
+        >>> p = PairSuccessors(1000.0).update("a", 0)
+        >>> q = p.copy().update("b", 0)
+        >>> sorted(p.shares(0)), sorted(q.shares(0))
+        (['a'], ['a', 'b'])
+        """
+        new = PairSuccessors.__new__(PairSuccessors)
+        new.half_life_ms, new._counter = self.half_life_ms, self._counter.copy()
+        new._reference, new._reference_ms = self._reference, self._reference_ms
+        new._next_reference, new._next_reference_ms = self._next_reference, self._next_reference_ms
+        return new
 
     def total(self, now_ms: int) -> float:
         """Decayed number of observations at ``now_ms`` (the pair's support)."""

@@ -38,6 +38,7 @@ from operators.embedding_cache import EmbeddingCache
 from operators.item_join import OrderedItemJoin
 from operators.microbatch import MicroBatcher
 from streams.contract import ContentEvent, Engagement
+from streams.errors import GuardedLogic, guard_batch
 
 CACHE_LOOKUPS = Counter("driftrag_embedding_cache_total",
                         "Embedding cache lookups: hit (memory), store (on disk), miss (embedded)", ["result"])
@@ -247,12 +248,13 @@ def cluster_events(events: Stream[Engagement | ContentEvent], config: Clustering
         contents = (inline_text_as_content(e) for e in batch)
         return [(str(zlib.crc32(c.item_id.encode()) % shards), c) for c in contents if c is not None]
 
-    keyed = op.flat_map_batch("shard_content", events, shard_content)
+    keyed = op.flat_map_batch("shard_content", events, guard_batch("shard_content", shard_content))
     batches = op.stateful("micro_batch", keyed, lambda resume: _micro_batch_logic(config, resume, embedder.known))
     # One model call per Bytewax batch of micro-batches: cached texts leave micro_batch one by one (no wait), and a
     # burst of them (a catalogue re-sent) must still become one call and one downstream batch, not one per text.
-    items = op.flat_map_batch("embed_and_assign", batches,
-                              lambda kvs: embedder.embed([c for _, batch in kvs for c in batch]))
+    items = op.flat_map_batch("embed_and_assign", batches, guard_batch(
+        "embed_and_assign", lambda kvs: embedder.embed([c for _, batch in kvs for c in batch]),
+        split=lambda kvs: [(c, [("", [c])]) for _, batch in kvs for c in batch]))
     shard_keys = [str(s) for s in range(shards)]
     joined_in = op.merge(
         "items_and_engagements",
@@ -262,16 +264,19 @@ def cluster_events(events: Stream[Engagement | ContentEvent], config: Clustering
         op.flat_map_batch("shard_engagements_by_user", events,
                           lambda batch: [(user_shard(e.user_id, shards), e) for e in batch if type(e) is Engagement]),
     )
+    def join(resume: tuple | None) -> UserShardJoin:
+        return UserShardJoin(config.max_pending, config.max_wait_ms, resume)
+
     clustered = op.flat_map_batch("unkey", op.stateful_batch(
-        "join_item_clusters", joined_in,
-        lambda resume: UserShardJoin(config.max_pending, config.max_wait_ms, resume)), unkey)
+        "join_item_clusters", joined_in, lambda resume: GuardedLogic("join_item_clusters", join, resume)), unkey)
     return items, clustered
 
 
 def tally_items(clustered: Stream[ClusteredEngagement]) -> Stream[ClusteredEngagement]:
     """Each item's engagement tally (``item_stats``), latest per item and batch: what the index keeps."""
     by_item = op.flat_map_batch("key_by_item", clustered, lambda batch: [(ce.engagement.item_id, ce) for ce in batch])
-    return op.flat_map_batch("unkey_tallies", op.stateful_batch("tally_items", by_item, ItemTally), unkey)
+    return op.flat_map_batch("unkey_tallies", op.stateful_batch(
+        "tally_items", by_item, lambda resume: GuardedLogic("tally_items", ItemTally, resume)), unkey)
 
 
 def _micro_batch_logic(config: ClusteringConfig, resume: list[Any] | None,

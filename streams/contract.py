@@ -103,6 +103,7 @@ class DeadLetter:
     offset: int
     key: bytes | None
     value: bytes | None
+    step: str | None = None  # the dataflow step a processing_error happened in
 
     def to_json(self, now_ms: int | None = None, max_bytes: int = DEAD_LETTER_MAX_BYTES) -> bytes:
         """The dead-letter topic's value: original bytes as text where UTF-8, else base64; never over ``max_bytes``.
@@ -130,6 +131,8 @@ class DeadLetter:
             "value_bytes": None if self.value is None else len(self.value),
             "dead_lettered_at_ms": int(time.time() * 1000) if now_ms is None else now_ms,
         }
+        if self.step is not None:
+            rec["step"] = self.step
         out = orjson.dumps(rec)
         if len(out) <= max_bytes:
             return out

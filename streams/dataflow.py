@@ -31,6 +31,7 @@ from bytewax.outputs import Sink
 from streams.content_stage import ClusteringConfig, cluster_events, tally_items
 from streams.contract import ContentEvent, DeadLetter, Engagement, Validator, dead_letter_key
 from streams.drift_stage import drift_alerts_and_status
+from streams.errors import guard_batch
 from streams.index_stage import index_mutations
 from streams.metrics import DEAD_LETTERS
 from streams.sinks import KeyedValue
@@ -69,7 +70,7 @@ def build_flow(
 ) -> Dataflow:
     flow = Dataflow(flow_id)
     raw = op.input("read", flow, source)
-    checked = op.flat_map_batch("validate", raw, validator.validate_batch)
+    checked = op.flat_map_batch("validate", raw, guard_batch("validate", validator.validate_batch))
     split = op.branch("split_dead_letters", checked, is_dead_letter)
     dead = op.map("encode_dead_letter", split.trues, encode_dead_letter)
     op.output("write_dead_letters", dead, dead_letter_sink)

@@ -28,6 +28,7 @@ from operators.alerts import KINDS, Alert
 from operators.cadence import CadenceEvent
 from operators.content import EmbeddedItem
 from streams.content_stage import ClusteredEngagement
+from streams.errors import guard_redo
 from streams.transitions_stage import Triple
 
 __all__ = ["DRIFT_ALERTS", "drift_alerts_and_status", "observe"]
@@ -262,7 +263,7 @@ def drift_alerts_and_status(items: Stream[EmbeddedItem], clustered: Stream[Clust
     index, cadence events). ``partitions``: of the engagements source, waited for by the event-time hold."""
     merged = op.merge("drift_inputs", items, clustered, triples)
     keyed = op.flat_map_batch("drift_observations", merged, observe)
-    step = _monitor_step(make_monitor, make_cadence, partitions)
+    step = guard_redo("monitor_drift", _monitor_step(make_monitor, make_cadence, partitions))
     out = op.flat_map_batch("unkey_drift", op.stateful_flat_map("monitor_drift", keyed, step),
                             lambda batch: [v for _, v in batch])
     split = op.branch("split_alerts", out, lambda x: type(x) is Alert)

@@ -16,6 +16,7 @@ from bytewax.dataflow import Stream
 from index.mutations import Mutation, item_mutation, pair_mutation, stats_mutation
 from operators.content import EmbeddedItem
 from streams.content_stage import ClusteredEngagement
+from streams.errors import guard_batch
 from streams.transitions_stage import PairState
 
 
@@ -55,7 +56,8 @@ def index_mutations(items: Stream[EmbeddedItem], clustered: Stream[ClusteredEnga
     """One stream of index mutations from the three kinds of state the dataflow keeps."""
     return op.merge(
         "index_mutations",
-        op.map("item_to_mutation", items, item_to_mutation),
-        op.flat_map_batch("stats_to_mutation", clustered, latest_stats_to_mutations),
-        op.flat_map_batch("pair_to_mutation", pair_states, latest_pairs_to_mutations),
+        op.flat_map_batch("item_to_mutation", items,
+                          guard_batch("item_to_mutation", lambda batch: [item_to_mutation(i) for i in batch])),
+        op.flat_map_batch("stats_to_mutation", clustered, guard_batch("stats_to_mutation", latest_stats_to_mutations)),
+        op.flat_map_batch("pair_to_mutation", pair_states, guard_batch("pair_to_mutation", latest_pairs_to_mutations)),
     )

@@ -24,13 +24,15 @@ import orjson
 from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
+from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
 from operators.content import ContentEmbedder, EmbeddedItem
 from operators.embedding import make_embedder, model_id
 from streams.content_stage import ClusteredEngagement, ClusteringConfig
-from streams.contract import ContentEvent, Engagement, RawMessage, Validator
+from streams.contract import ContentEvent, DeadLetter, Engagement, RawMessage, Validator, dead_letter_key
 from streams.dataflow import build_flow
+from streams.errors import ERRORS, ErrorBudgetExceeded
 from streams.metrics import EVENTS_VALID
 from streams.settings import Settings
 from streams.sinks import (
@@ -199,6 +201,7 @@ class Job:
             self.dead_letter_sink = JsonlSink(out / "dead_letter.jsonl", encode=lambda kv: kv.value)
         else:
             self.dead_letter_sink = CallbackSink(lambda items: None)
+        ERRORS.configure(settings.run.max_processing_errors, self._processing_error_writer(out))
         self._unresolved_at_start = _unresolved()
         self._lookups_at_start = _embedding_lookups()
         self.warm_cache: dict[str, int] | None = None  # texts embedded up front (replay, --warm-cache)
@@ -570,6 +573,25 @@ class Job:
         for kv in items:
             self.counts.add("dead_letter:" + orjson.loads(kv.value)["reason"])
 
+    def _processing_error_writer(self, out: Path | None) -> Any:
+        """Where processing_error dead letters go as they happen: the dead-letter topic or file (see streams.errors)."""
+        if self.mode == "kafka":
+            k = self.settings.kafka
+            producer, topic = Producer(k.client()), k.topic("dead_letter")
+
+            def to_kafka(dl: DeadLetter) -> None:
+                producer.produce(topic, key=dead_letter_key(dl.key), value=dl.to_json())
+                producer.flush(30)
+            return to_kafka
+        if out is None:
+            return None
+        lock, path = threading.Lock(), out / "dead_letter.jsonl"
+
+        def to_file(dl: DeadLetter) -> None:
+            with lock, path.open("ab") as f:
+                f.write(dl.to_json() + b"\n")
+        return to_file
+
     def summary(self, seconds: float) -> dict[str, Any]:
         c = self.counts.snapshot()
         dead = {k.split(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("dead_letter:")}
@@ -582,6 +604,9 @@ class Job:
             "content_events": c.get("items", 0),
             "dead_letter": sum(dead.values()),
             "dead_letter_by_reason": dead,
+            # Valid records a dataflow step failed on (also dead-lettered, reason processing_error), by step.
+            "processing_errors": ERRORS.count,
+            "processing_errors_by_step": dict(sorted(ERRORS.by_step.items())),
             "seconds": round(seconds, 3),
             "messages_per_s": round(total / seconds, 1) if seconds > 0 else None,
             **self._cluster_summary(c),
@@ -674,10 +699,16 @@ class Job:
         except KeyboardInterrupt:
             print("[driftrag] interrupted", file=sys.stderr)
         except BytewaxRuntimeError as e:
+            budget = _cause(e, ErrorBudgetExceeded)
+            if budget is not None:  # raised in a step, wrapped by Bytewax: the clean error, not the wrapping
+                raise budget from None
             if "signal received" not in str(e):  # Bytewax reports Ctrl-C during a run this way
                 raise
             print("[driftrag] interrupted", file=sys.stderr)
         except BaseException as e:
+            budget = _cause(e, ErrorBudgetExceeded)
+            if budget is not None:  # raised in a step, wrapped by Bytewax: the clean error, not the wrapping
+                raise budget from None
             # A multi-process cluster whose peer stopped or died: Bytewax's Rust side panics in its network
             # threads (pyo3's PanicException, a BaseException). Say what happened instead of a Rust traceback.
             if type(e).__name__ != "PanicException" or not self.args.addresses:
@@ -734,6 +765,17 @@ def _recovery_config(db_dir: Path, backup_interval_s: float, args: argparse.Name
     return RecoveryConfig(str(db_dir), backup_interval=timedelta(seconds=backup_interval_s))
 
 
+def _cause(e: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    """``e`` or the first exception of ``kind`` among its causes and contexts."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, kind):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 class PeerLost(RuntimeError):
     """Another process of this multi-process job stopped or died (exit status 3)."""
 
@@ -746,8 +788,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(f"[driftrag] running the dataflow ({job.mode}); Ctrl-C stops it", file=sys.stderr, flush=True)
     try:
         summary = job.run()
-    except PeerLost as e:
-        print(f"driftrag run: {e}", file=sys.stderr, flush=True)
-        return 3
+    except JOB_STOPS as e:
+        return stopped("driftrag run", e)
     print(json.dumps(summary), flush=True)
     return 0
+
+
+JOB_STOPS = (PeerLost, ErrorBudgetExceeded)
+
+
+def stopped(prog: str, e: BaseException) -> int:
+    """One line for a job that stopped on purpose, and its exit status: 3 a lost peer, 4 the error budget."""
+    if isinstance(e, ErrorBudgetExceeded):
+        print(f"{prog}: stopped: {e} (DRIFTRAG_RUN__MAX_PROCESSING_ERRORS; the failed records are in the dead "
+              "letters, reason processing_error)", file=sys.stderr, flush=True)
+        return 4
+    print(f"{prog}: {e}", file=sys.stderr, flush=True)
+    return 3

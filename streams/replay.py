@@ -69,6 +69,11 @@ def replay(args: argparse.Namespace, settings: Settings) -> dict:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    summary = replay(args, settings)
+    from streams.job import JOB_STOPS, stopped
+
+    try:
+        summary = replay(args, settings)
+    except JOB_STOPS as e:
+        return stopped("driftrag replay", e)
     print(json.dumps(summary), flush=True)
     return 0

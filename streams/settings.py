@@ -121,6 +121,9 @@ class RunSettings(BaseModel):
     # 700). The job allocates a few small objects per event and keeps large long-lived state; at the default the
     # collector took ~20% of a run. 0 keeps the interpreter's setting.
     gc_threshold: int = Field(50_000, ge=0)
+    # Records a dataflow step may fail on (each dead-lettered as processing_error, streams/errors.py) before the
+    # job stops with exit status 4: a step broken for every record stops the job instead of emptying its output.
+    max_processing_errors: int = Field(100, ge=0)
 
 
 class EmbeddingSettings(BaseModel):

@@ -18,6 +18,7 @@ from prometheus_client import Counter
 
 from operators.successors import PairSuccessors, Successor, rank_successors
 from streams.content_stage import ClusteredEngagement, unkey
+from streams.errors import guard_keyed
 
 LATE_ENGAGEMENTS = Counter("driftrag_transitions_late_total",
                            "Positive engagements left out of the transition rule: older than the user's last one")
@@ -73,8 +74,8 @@ def track_user_clusters(state: tuple | None, ce: ClusteredEngagement) -> tuple[t
 
 def _count_successors(half_life_ms: int, trend_window_ms: int):  # noqa: ANN202
     def step(state: PairSuccessors | None, t: Triple) -> tuple[PairSuccessors, list[PairState]]:
-        if state is None:
-            state = PairSuccessors(half_life_ms)
+        # A new state object, the old one untouched: a failure part-way leaves the pair as it was (streams.errors).
+        state = PairSuccessors(half_life_ms) if state is None else state.copy()
         state.roll_reference(t.ts_ms, trend_window_ms)
         state.update(t.c_next, t.ts_ms)
         now = state.latest_ms or t.ts_ms  # a late triple does not move the pair's clock back
@@ -110,9 +111,10 @@ def mine_successors(clustered: Stream[ClusteredEngagement], *, half_life_ms: int
                     ) -> tuple[Stream[Triple], Stream[PairState]]:
     """Wire the transition rule and the decayed successor counts onto clustered engagements."""
     by_user = op.flat_map_batch("key_positive_by_user", clustered, key_positive_by_user)
-    triples = op.flat_map_batch("unkey_triples",
-                                op.stateful_flat_map("track_user_clusters", by_user, track_user_clusters), unkey)
+    triples = op.flat_map_batch("unkey_triples", op.stateful_flat_map(
+        "track_user_clusters", by_user, guard_keyed("track_user_clusters", track_user_clusters)), unkey)
     by_pair = op.flat_map_batch("key_by_pair", triples,
                                 lambda batch: [(f"{t.c1},{t.c2}", t) for t in sorted(batch, key=_triple_ts)])
-    states = op.stateful_flat_map("count_successors", by_pair, _count_successors(half_life_ms, trend_window_ms))
+    states = op.stateful_flat_map("count_successors", by_pair,
+                                  guard_keyed("count_successors", _count_successors(half_life_ms, trend_window_ms)))
     return triples, op.flat_map_batch("unkey_pair_states", states, unkey)
