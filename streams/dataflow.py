@@ -24,9 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
-from bytewax.outputs import Sink
+from bytewax.outputs import FixedPartitionedSink, Sink
 
 from streams.content_stage import ClusteringConfig, cluster_events, tally_items
 from streams.contract import ContentEvent, DeadLetter, Engagement, Validator, dead_letter_key
@@ -36,6 +36,18 @@ from streams.index_stage import index_mutations
 from streams.metrics import DEAD_LETTERS
 from streams.sinks import KeyedValue
 from streams.transitions_stage import mine_successors
+
+
+def write(step_id: str, stream: Stream[Any], sink: Sink) -> None:
+    """``op.output``, keying the items first where the sink is partitioned (:class:`streams.sinks.ExactlyOnceSink`
+    under recovery)."""
+    if isinstance(sink, FixedPartitionedSink):
+        stream = op.map(f"{step_id}_keyed", stream, _keyed)
+    op.output(step_id, stream, sink)
+
+
+def _keyed(x: Any) -> tuple[str, Any]:
+    return "", x
 
 
 def is_dead_letter(x: Engagement | ContentEvent | DeadLetter) -> bool:
@@ -73,33 +85,33 @@ def build_flow(
     checked = op.flat_map_batch("validate", raw, guard_batch("validate", validator.validate_batch))
     split = op.branch("split_dead_letters", checked, is_dead_letter)
     dead = op.map("encode_dead_letter", split.trues, encode_dead_letter)
-    op.output("write_dead_letters", dead, dead_letter_sink)
+    write("write_dead_letters", dead, dead_letter_sink)
     valid = split.falses
     if valid_sink is not None:
-        op.output("write_valid", valid, valid_sink)
+        write("write_valid", valid, valid_sink)
     if clustering is None:
-        op.output("write_events", valid, events_sink)
+        write("write_events", valid, events_sink)
         return flow
     items, clustered = cluster_events(valid, clustering)
     if items_sink is not None:
-        op.output("write_items", items, items_sink)
-    op.output("write_events", clustered, events_sink)
+        write("write_items", items, items_sink)
+    write("write_events", clustered, events_sink)
     if pairs_sink is None and mutations_sink is None and drift_monitor is None:
         return flow
     triples, pair_states = mine_successors(clustered, half_life_ms=half_life_ms, trend_window_ms=trend_window_ms)
     if pairs_sink is not None:
-        op.output("write_pairs", pair_states, pairs_sink)
+        write("write_pairs", pair_states, pairs_sink)
     drift_status = None
     if drift_monitor is not None:
         alerts, drift_status, cadence_events = drift_alerts_and_status(items, clustered, triples, drift_monitor,
                                                                        cadence, engagement_partitions)
         if alerts_sink is not None:
-            op.output("write_alerts", alerts, alerts_sink)
+            write("write_alerts", alerts, alerts_sink)
         if cadence_sink is not None:
-            op.output("write_cadence", cadence_events, cadence_sink)
+            write("write_cadence", cadence_events, cadence_sink)
     if mutations_sink is not None:
         mutations = index_mutations(items, tally_items(clustered), pair_states)
         if drift_status is not None:
             mutations = op.merge("index_and_drift_mutations", mutations, drift_status)
-        op.output("write_index_mutations", mutations, mutations_sink)
+        write("write_index_mutations", mutations, mutations_sink)
     return flow

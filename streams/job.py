@@ -38,13 +38,14 @@ from streams.settings import Settings
 from streams.sinks import (
     AlertSink,
     CallbackSink,
-    Counter,
     CountingSink,
+    ExactlyOnceSink,
     JsonlSink,
     KafkaMutationSink,
     KafkaProducerSink,
     KeyedValue,
     LiveIndexSink,
+    Tallies,
 )
 from streams.sources import EventTimeFileSource, GeneratorSource, JsonlFileSource, KafkaRawSource
 from streams.transitions_stage import PairState
@@ -164,7 +165,7 @@ class Job:
         # `driftrag replay`: files merged in event-time order, every text embedded before the stream starts
         # (so no engagement waits on a model call), one worker: the result depends on the events alone.
         self.replay = bool(getattr(args, "replay", False))
-        self.counts = Counter()
+        self.counts = Tallies()  # one part per output: under recovery each is snapshotted with its output
         k = settings.kafka
         self.validator = Validator.from_settings(settings)
         batch = settings.run.batch_size
@@ -221,23 +222,38 @@ class Job:
         encode = event_to_json if self.clustering is None else clustered_to_json
         self._events_file = JsonlSink(out / "events.jsonl", encode=encode) if out is not None else None
         items_file = JsonlSink(out / "items.jsonl", encode=item_to_json) if out is not None else None
+        file_mode = self.mode != "kafka" and out is not None
+        exact = self._exactly_once
         self.flow = build_flow(
             self.source, self.validator,
-            dead_letter_sink=CountingSink(self.dead_letter_sink, self._count_dead_letters),
-            valid_sink=CountingSink(None, self._count_events),
-            events_sink=CountingSink(self._events_file, self._count_clustered),
+            dead_letter_sink=exact("dead_letter", CountingSink(self.dead_letter_sink, self._count_dead_letters),
+                                   [out / "dead_letter.jsonl"] if file_mode else []),
+            valid_sink=exact("valid", CountingSink(None, self._count_events)),
+            events_sink=exact("events", CountingSink(self._events_file, self._count_clustered),
+                              [out / "events.jsonl"] if out is not None else []),
             clustering=self.clustering,
-            items_sink=CountingSink(items_file, self._count_items),
-            pairs_sink=CallbackSink(self._keep_pairs),
+            items_sink=exact("items", CountingSink(items_file, self._count_items),
+                             [out / "items.jsonl"] if out is not None else []),
+            pairs_sink=exact("pairs", CallbackSink(self._keep_pairs), keep=[_PairTable(self)]),
             mutations_sink=mutations_sink,
             drift_monitor=drift_monitor,
-            alerts_sink=alerts_sink,
+            alerts_sink=exact("alerts", alerts_sink, [out / "alerts.jsonl"] if file_mode else [])
+            if alerts_sink is not None else None,
             cadence=cadence,
-            cadence_sink=cadence_sink,
+            cadence_sink=exact("cadence", cadence_sink, [out / "cadence.jsonl"] if file_mode else [],
+                               keep=[_ListKept(self.finetunes)]) if cadence_sink is not None else None,
             engagement_partitions=self._engagement_partitions(),
             half_life_ms=settings.transitions.half_life_ms,
             trend_window_ms=settings.transitions.trend_window_ms,
         )
+
+    def _exactly_once(self, name: str, sink: Any, files: list[Path] = (), keep: list[Any] = ()) -> Any:
+        """Under recovery (``-r``), ``sink`` as an :class:`ExactlyOnceSink` that snapshots ``files``' lengths and
+        this output's tally (and ``keep``) with Bytewax's state, so a restart neither writes nor counts an item
+        twice; otherwise ``sink`` as it is."""
+        if self.settings.run.recovery_dir is None:
+            return sink
+        return ExactlyOnceSink(name, sink, files, [self.counts.part(name), *keep])
 
     # -- drift -----------------------------------------------------------------------------------------------
 
@@ -280,19 +296,19 @@ class Job:
 
     def _on_cadence(self, events: list[Any]) -> None:
         for ev in events:
-            self.counts.add(f"cadence:{ev.kind}")
+            self.counts.add(f"cadence:{ev.kind}", part="cadence")
             if ev.kind == "fine_tune":
                 self.finetunes.append(ev.ts_ms)
                 say(f"FINE-TUNE due at event time {ev.ts_ms}: {ev.reason}")
             else:
-                self.counts.add("cadence_pairs_refreshed", len(ev.pairs))
+                self.counts.add("cadence_pairs_refreshed", len(ev.pairs), part="cadence")
                 log.info("RAG refresh at %d: %s", ev.ts_ms, ev.reason)
 
     def _on_alerts(self, alerts: list[Any]) -> None:
         label = self.codebook.label
         for a in alerts:
             self.alerts.append(a)
-            self.counts.add(f"alert:{a.kind}:{a.severity}")
+            self.counts.add(f"alert:{a.kind}:{a.severity}", part="alerts")
             say(f"ALERT {a.severity} {a.kind} drift in cluster {a.cluster} \"{label(a.cluster)}\": score "
                 f"{a.score:.3g} (threshold {a.threshold:.3g}), event time {a.window_end_ms}")
 
@@ -366,7 +382,7 @@ class Job:
         with self._pairs_lock:
             for st in states:
                 self.pairs[st.pair] = st
-            self.counts.add("triples", len(states))
+            self.counts.add("triples", len(states), part="pairs")
 
     def _engagement_partitions(self) -> int:
         """Partitions of the engagements source: the drift step's event-time hold waits for each of them."""
@@ -548,30 +564,30 @@ class Job:
     def _count_events(self, items: list[Engagement | ContentEvent]) -> None:
         n_eng = sum(1 for e in items if type(e) is Engagement)
         if n_eng:
-            self.counts.add("engagements", n_eng)
+            self.counts.add("engagements", n_eng, part="valid")
             EVENTS_VALID.labels("engagement").inc(n_eng)
         if n_eng < len(items):
-            self.counts.add("items", len(items) - n_eng)
+            self.counts.add("items", len(items) - n_eng, part="valid")
             EVENTS_VALID.labels("content").inc(len(items) - n_eng)
 
     def _count_clustered(self, items: list) -> None:
         if self.clustering is None:
             return
-        self.counts.add("clustered_engagements", len(items))
+        self.counts.add("clustered_engagements", len(items), part="events")
         for cluster, n in collections.Counter(map(_cluster_of, items)).items():  # per batch, counted in C
-            self.counts.add(f"cluster_engagements:{cluster}", n)
+            self.counts.add(f"cluster_engagements:{cluster}", n, part="events")
 
     def _count_items(self, items: list[EmbeddedItem]) -> None:
-        self.counts.add("items_assigned", len(items))
+        self.counts.add("items_assigned", len(items), part="items")
         novel = sum(1 for i in items if i.novel)
         if novel:
-            self.counts.add("novel_items", novel)
+            self.counts.add("novel_items", novel, part="items")
         for i in items:
-            self.counts.add(f"cluster_items:{i.cluster}")
+            self.counts.add(f"cluster_items:{i.cluster}", part="items")
 
     def _count_dead_letters(self, items: list[KeyedValue]) -> None:
         for kv in items:
-            self.counts.add("dead_letter:" + orjson.loads(kv.value)["reason"])
+            self.counts.add("dead_letter:" + orjson.loads(kv.value)["reason"], part="dead_letter")
 
     def _processing_error_writer(self, out: Path | None) -> Any:
         """Where processing_error dead letters go as they happen: the dead-letter topic or file (see streams.errors)."""
@@ -763,6 +779,35 @@ def _recovery_config(db_dir: Path, backup_interval_s: float, args: argparse.Name
         init_db_dir(db_dir, count)
         log.info("initialised recovery store %s with %d partitions", db_dir, count)
     return RecoveryConfig(str(db_dir), backup_interval=timedelta(seconds=backup_interval_s))
+
+
+class _PairTable:
+    """The job's pair table (latest state per pair) as an object an :class:`ExactlyOnceSink` keeps."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def snapshot(self) -> dict:
+        with self.job._pairs_lock:
+            return dict(self.job.pairs)
+
+    def restore(self, pairs: dict) -> None:
+        with self.job._pairs_lock:
+            self.job.pairs.clear()
+            self.job.pairs.update(pairs)
+
+
+class _ListKept:
+    """A list an :class:`ExactlyOnceSink` keeps (the fine-tune times)."""
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+    def snapshot(self) -> list:
+        return list(self.items)
+
+    def restore(self, items: list) -> None:
+        self.items[:] = items
 
 
 def _cause(e: BaseException | None, kind: type[BaseException]) -> BaseException | None:

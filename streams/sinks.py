@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
 from confluent_kafka import Producer
 
 log = logging.getLogger(__name__)
@@ -213,6 +213,86 @@ class Counter:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
+
+    def restore(self, counts: dict[str, int]) -> None:
+        """Set the tally to ``counts`` (a snapshot), as after a restart from recovery."""
+        with self._lock:
+            self._counts = dict(counts)
+
+
+class Tallies:
+    """Named :class:`Counter` parts, one per output, read together: each part can be snapshotted with its own
+    output (see :class:`ExactlyOnceSink`), and ``snapshot()`` sums them all."""
+
+    def __init__(self) -> None:
+        self._parts: dict[str, Counter] = {}
+
+    def part(self, name: str) -> Counter:
+        return self._parts.setdefault(name, Counter())
+
+    def add(self, key: str, n: int = 1, part: str = "job") -> None:
+        self.part(part).add(key, n)
+
+    def snapshot(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for c in list(self._parts.values()):
+            for k, v in c.snapshot().items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+
+class _ExactlyOncePartition(StatefulSinkPartition[Any, tuple]):
+    def __init__(self, inner: StatelessSinkPartition | None, files: list[Path], keep: list[Any],
+                 resume: tuple | None) -> None:
+        sizes, kept = resume if resume is not None else ({}, [None] * len(keep))
+        for f in files:
+            # Cut back to the length at the snapshot: what came after is written again by the replayed epochs
+            # (a fresh run, without a snapshot, starts the file anew).
+            f.parent.mkdir(parents=True, exist_ok=True)
+            with f.open("ab") as fh:
+                fh.truncate(sizes.get(str(f), 0))
+        for obj, value in zip(keep, kept, strict=True):
+            if value is not None:
+                obj.restore(value)
+        self._inner, self._files, self._keep = inner, files, keep
+
+    def write_batch(self, items: list[Any]) -> None:
+        if self._inner is not None:
+            self._inner.write_batch(items)
+
+    def snapshot(self) -> tuple:
+        sizes = {str(f): f.stat().st_size if f.exists() else 0 for f in self._files}
+        return sizes, [obj.snapshot() for obj in self._keep]
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+
+
+class ExactlyOnceSink(FixedPartitionedSink[Any, tuple]):
+    """An output whose effects are part of Bytewax's recovery snapshots, for exactly-once results after a crash.
+
+    Wraps ``inner`` (a sink that appends to ``files``, and whose tallies go to the ``keep`` objects: anything with
+    ``snapshot()`` and ``restore(value)``, such as a :class:`Counter`). One partition: each snapshot records the
+    files' lengths and the kept objects' snapshots; a resumed run cuts the files back to those lengths and restores
+    the objects, and the epochs after the snapshot then write and count their items again, once. So ``--out``
+    files and summaries describe the whole job's history, not only the last process's. Items must be keyed
+    ``(key, value)`` (see ``streams.dataflow.write``); every item goes to the worker that owns the partition."""
+
+    def __init__(self, name: str, inner: DynamicSink | None, files: list[Path] = (), keep: list[Any] = ()) -> None:
+        self.name, self.inner, self.files, self.keep = name, inner, [Path(f) for f in files], list(keep)
+
+    def list_parts(self) -> list[str]:
+        return [self.name]
+
+    def part_fn(self, item_key: str) -> int:
+        return 0
+
+    def build_part(self, step_id: str, for_part: str, resume_state: tuple | None) -> _ExactlyOncePartition:
+        # Files are cut before the inner sink opens them for appending.
+        partition = _ExactlyOncePartition(None, self.files, self.keep, resume_state)
+        partition._inner = self.inner.build(step_id, 0, 1) if self.inner is not None else None
+        return partition
 
 
 class _CountingPartition(StatelessSinkPartition[Any]):
