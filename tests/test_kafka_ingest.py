@@ -165,3 +165,35 @@ def test_recovery_resumes_from_stored_offsets(kafka_settings, tmp_path):
     second = GeneratorConfig(seed=2, events=500)
     produce_to_kafka(second, k.client(), topics)
     assert run_once()["messages"] == len(list(WorkloadGenerator(second).messages()))
+
+
+def test_hostile_messages_on_the_broker_cost_a_dead_letter_each_and_nothing_else(kafka_settings, tmp_path):
+    """The two messages that stopped or emptied the job, produced to the real topics among good ones: a 200 KB
+    engagement of control bytes (its escaped dead letter was 1.2 MB: the producer refused it, the job exited and
+    crash-looped) and an engagement and an item dated 2100 (every decayed count aged to nothing)."""
+    from confluent_kafka import Producer
+
+    k = kafka_settings.kafka
+    gen = GeneratorConfig(seed=6, events=3_000)
+    produce_to_kafka(gen, k.client(), {"engagements": k.topic("engagements"), "items": k.topic("items")})
+    good = len(list(WorkloadGenerator(gen).messages()))
+    p = Producer(k.client(**{"message.max.bytes": 1_000_000}))
+    hostile = bytes(range(1, 32)) * (200_000 // 31)
+    p.produce(k.topic("engagements"), key=b"u-hostile", value=hostile)
+    e2100 = {"user_id": "u1", "item_id": "it000001", "action": "like", "ts": "2100-01-01T00:00:00Z"}
+    p.produce(k.topic("engagements"), key=b"u1", value=orjson.dumps(e2100))
+    p.produce(k.topic("items"), key=b"future", value=orjson.dumps(
+        {"item_id": "future", "text": "from the future", "ts": "2100-01-01T00:00:00Z"}))
+    assert p.flush(30) == 0
+    out = tmp_path / "out"
+    job = start_job(kafka_settings, out, "--no-clusters", "--no-tail")
+    stdout, stderr = job.communicate(timeout=180)
+    assert job.returncode == 0, stderr.decode()[-3000:]
+    summary = orjson.loads(stdout.decode().strip().splitlines()[-1])
+    assert summary["messages"] == good + 3
+    assert summary["dead_letter_by_reason"] == {"oversize_message": 1, "future_event_time": 2}
+    dead = [orjson.loads(v) for _, v in read_topic(kafka_settings, k.topic("dead_letter")).values()]
+    by_reason = collections.Counter(d["reason"] for d in dead)
+    assert by_reason == {"oversize_message": 1, "future_event_time": 2}
+    (big,) = [d for d in dead if d["reason"] == "oversize_message"]
+    assert big["value_bytes"] == len(hostile) and hostile.startswith(decode_original(big))
