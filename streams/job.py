@@ -47,7 +47,7 @@ from streams.sinks import (
     LiveIndexSink,
     Tallies,
 )
-from streams.sources import EventTimeFileSource, GeneratorSource, JsonlFileSource, KafkaRawSource
+from streams.sources import EventTimeFileSource, GeneratorSource, JsonlFileSource, KafkaRawSource, SourceGone
 from streams.transitions_stage import PairState
 
 log = logging.getLogger(__name__)
@@ -715,16 +715,16 @@ class Job:
         except KeyboardInterrupt:
             print("[driftrag] interrupted", file=sys.stderr)
         except BytewaxRuntimeError as e:
-            budget = _cause(e, ErrorBudgetExceeded)
-            if budget is not None:  # raised in a step, wrapped by Bytewax: the clean error, not the wrapping
-                raise budget from None
+            reason = _cause(e, (ErrorBudgetExceeded, SourceGone))
+            if reason is not None:  # raised in a step or source, wrapped by Bytewax: the clean error, not the wrap
+                raise reason from None
             if "signal received" not in str(e):  # Bytewax reports Ctrl-C during a run this way
                 raise
             print("[driftrag] interrupted", file=sys.stderr)
         except BaseException as e:
-            budget = _cause(e, ErrorBudgetExceeded)
-            if budget is not None:  # raised in a step, wrapped by Bytewax: the clean error, not the wrapping
-                raise budget from None
+            reason = _cause(e, (ErrorBudgetExceeded, SourceGone))
+            if reason is not None:  # raised in a step or source, wrapped by Bytewax: the clean error, not the wrap
+                raise reason from None
             # A multi-process cluster whose peer stopped or died: Bytewax's Rust side panics in its network
             # threads (pyo3's PanicException, a BaseException). Say what happened instead of a Rust traceback.
             if type(e).__name__ != "PanicException" or not self.args.addresses:
@@ -810,7 +810,8 @@ class _ListKept:
         self.items[:] = items
 
 
-def _cause(e: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+def _cause(e: BaseException | None, kind: type[BaseException] | tuple[type[BaseException], ...]
+           ) -> BaseException | None:
     """``e`` or the first exception of ``kind`` among its causes and contexts."""
     seen = set()
     while e is not None and id(e) not in seen:
@@ -829,9 +830,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.items is not None and args.events is None:
         print("driftrag run: --items needs --events", file=sys.stderr)
         return 2
-    job = Job(args, settings)
-    print(f"[driftrag] running the dataflow ({job.mode}); Ctrl-C stops it", file=sys.stderr, flush=True)
     try:
+        job = Job(args, settings)
+        print(f"[driftrag] running the dataflow ({job.mode}); Ctrl-C stops it", file=sys.stderr, flush=True)
         summary = job.run()
     except JOB_STOPS as e:
         return stopped("driftrag run", e)
@@ -839,14 +840,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-JOB_STOPS = (PeerLost, ErrorBudgetExceeded)
+JOB_STOPS = (PeerLost, ErrorBudgetExceeded, SourceGone)
 
 
 def stopped(prog: str, e: BaseException) -> int:
-    """One line for a job that stopped on purpose, and its exit status: 3 a lost peer, 4 the error budget."""
+    """One line for a job that stopped on purpose, and its exit status: 3 a lost peer, 4 the error budget, 5 a
+    source topic deleted under the job."""
     if isinstance(e, ErrorBudgetExceeded):
         print(f"{prog}: stopped: {e} (DRIFTRAG_RUN__MAX_PROCESSING_ERRORS; the failed records are in the dead "
               "letters, reason processing_error)", file=sys.stderr, flush=True)
         return 4
-    print(f"{prog}: {e}", file=sys.stderr, flush=True)
-    return 3
+    print(f"{prog}: stopped: {e}", file=sys.stderr, flush=True)
+    return 5 if isinstance(e, SourceGone) else 3

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.contract import RawMessage, parse_ts
@@ -28,6 +28,14 @@ _IDLE_BACKOFF = timedelta(milliseconds=5)
 
 
 # ---------------------------------------------------------------------------------------------------- Kafka
+
+# How often an idle partition asks the broker whether its topic still exists (a consumer with assigned partitions
+# gets no error when the topic is deleted: it would wait for messages forever).
+_TOPIC_CHECK_S = 5.0
+
+
+class SourceGone(RuntimeError):
+    """A source topic or partition the job reads does not exist (not created, or deleted under the running job)."""
 
 
 class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
@@ -41,6 +49,20 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
         self._tail = tail
         self._eof = False
         self._awake: datetime | None = None
+        self._checked = time.monotonic()
+
+    def _check_topic(self) -> None:
+        """Raise :class:`SourceGone` when the partition is no longer in the broker's metadata."""
+        self._checked = time.monotonic()
+        try:
+            md = self._consumer.list_topics(self._topic, timeout=5)
+        except KafkaException:
+            return  # the broker is unreachable: not a verdict on the topic (the client keeps retrying)
+        t = md.topics.get(self._topic)
+        if t is None or t.error is not None or self._partition not in t.partitions:
+            why = "topic not found" if t is None or t.error is not None else "partition not found"
+            raise SourceGone(f"{self._topic}[{self._partition}] is gone ({why}: deleted while the job ran?); "
+                             "recreate it (driftrag topics create) and restart the job")
 
     def next_batch(self) -> list[RawMessage]:
         if self._eof:
@@ -68,6 +90,8 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
             self._awake = None
         elif not msgs:
             self._awake = datetime.now(UTC) + _IDLE_BACKOFF
+            if time.monotonic() - self._checked > _TOPIC_CHECK_S:
+                self._check_topic()
         return batch
 
     def next_awake(self) -> datetime | None:
@@ -110,7 +134,7 @@ class KafkaRawSource(FixedPartitionedSource[RawMessage, int]):
         for topic in self.topics:
             t = md.topics.get(topic)
             if t is None or t.error is not None:
-                raise RuntimeError(
+                raise SourceGone(
                     f"topic {topic!r} does not exist on {self.client_config.get('bootstrap.servers')}: "
                     "create it with `driftrag topics create`"
                 )

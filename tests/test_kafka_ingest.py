@@ -197,3 +197,28 @@ def test_hostile_messages_on_the_broker_cost_a_dead_letter_each_and_nothing_else
     assert by_reason == {"oversize_message": 1, "future_event_time": 2}
     (big,) = [d for d in dead if d["reason"] == "oversize_message"]
     assert big["value_bytes"] == len(hostile) and hostile.startswith(decode_original(big))
+
+
+def test_a_topic_deleted_under_the_running_job_stops_it_with_one_line(kafka_settings, tmp_path):
+    """A consumer with assigned partitions gets no error when its topic is deleted: the job waited forever."""
+    from confluent_kafka.admin import AdminClient
+
+    k = kafka_settings.kafka
+    gen = GeneratorConfig(seed=2, events=500)
+    n = len(list(WorkloadGenerator(gen).messages()))
+    produce_to_kafka(gen, k.client(), {"engagements": k.topic("engagements"), "items": k.topic("items")})
+    out = tmp_path / "out"
+    job = start_job(kafka_settings, out, "--no-clusters")
+    try:
+        wait_for(lambda: count_lines(out / "events.jsonl") >= n, 120, "the backlog read", job)
+        admin = AdminClient(k.client())
+        for f in admin.delete_topics([k.topic("engagements")]).values():
+            f.result(30)
+        rc = job.wait(60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    err = job.stderr.read().decode()
+    assert rc == 5, err[-3000:]
+    line = [x for x in err.splitlines() if x.startswith("driftrag run: stopped:")]
+    assert line and k.topic("engagements") in line[0] and "Traceback" not in err
