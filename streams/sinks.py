@@ -52,7 +52,10 @@ class _ProducerPartition(StatelessSinkPartition[KeyedValue]):
             raise RuntimeError(f"{len(errors)} Kafka deliveries failed, first: {errors[0]}")
 
     def close(self) -> None:
-        self._producer.flush()
+        # Bounded: a job stopping while the broker is away must not hang until every message times out (5 min).
+        left = self._producer.flush(30)
+        if left:
+            log.error("%d messages to %s not delivered at close (the broker is unreachable?)", left, self._topic)
 
 
 class KafkaProducerSink(DynamicSink[KeyedValue]):

@@ -34,6 +34,15 @@ _IDLE_BACKOFF = timedelta(milliseconds=5)
 _TOPIC_CHECK_S = 5.0
 
 
+_TRANSIENT = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError._RESOLVE,
+              KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError._MSG_TIMED_OUT}
+
+
+def _transient(err: KafkaError) -> bool:
+    """Errors a consumer reports while a broker is down or restarting: the client retries them by itself."""
+    return not err.fatal() and (err.retriable() or err.code() in _TRANSIENT)
+
+
 class SourceGone(RuntimeError):
     """A source topic or partition the job reads does not exist (not created, or deleted under the running job)."""
 
@@ -50,6 +59,8 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
         self._eof = False
         self._awake: datetime | None = None
         self._checked = time.monotonic()
+        self._gone = 0  # consecutive metadata checks that did not find the partition
+        self._warned = 0.0
 
     def _check_topic(self) -> None:
         """Raise :class:`SourceGone` when the partition is no longer in the broker's metadata."""
@@ -59,8 +70,16 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
         except KafkaException:
             return  # the broker is unreachable: not a verdict on the topic (the client keeps retrying)
         t = md.topics.get(self._topic)
-        if t is None or t.error is not None or self._partition not in t.partitions:
-            why = "topic not found" if t is None or t.error is not None else "partition not found"
+        if t is None:
+            return
+        if t.error is not None:
+            # Only "unknown topic" is a verdict: a broker shutting down or electing leaders answers with others.
+            gone = t.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+        else:
+            gone = self._partition not in t.partitions
+        self._gone = self._gone + 1 if gone else 0
+        if self._gone >= 2:  # twice in a row, a check apart: not a passing state of the cluster
+            why = "topic not found" if t.error is not None else "partition not found"
             raise SourceGone(f"{self._topic}[{self._partition}] is gone ({why}: deleted while the job ran?); "
                              "recreate it (driftrag topics create) and restart the job")
 
@@ -81,7 +100,10 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
                     if not self._tail:
                         self._eof = True
                     continue
-                # Broker/transport errors are not bad data: fail loudly, recovery resumes from the last offset.
+                if _transient(err):  # the broker is away or moving: librdkafka reconnects and resumes by itself
+                    self._warn_transient(err)
+                    continue
+                # Other broker errors are not bad data: fail loudly, recovery resumes from the last offset.
                 raise RuntimeError(f"error consuming {topic}[{part}]: {err}")
             ts_type, ts = m.timestamp()
             append(RawMessage(topic, part, m.offset(), m.key(), m.value(), ts if ts_type and ts > 0 else now_ms))
@@ -93,6 +115,12 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
             if time.monotonic() - self._checked > _TOPIC_CHECK_S:
                 self._check_topic()
         return batch
+
+    def _warn_transient(self, err: KafkaError) -> None:
+        now = time.monotonic()
+        if now - self._warned > 10:  # once per 10 s per partition, not per poll
+            self._warned = now
+            log.warning("%s[%d]: %s (retrying)", self._topic, self._partition, err)
 
     def next_awake(self) -> datetime | None:
         return self._awake

@@ -30,7 +30,7 @@ def read_topic(settings, topic: str) -> dict[tuple[int, int], tuple[bytes | None
     return {(p, o): (k, v) for p, o, k, v in read_records(settings.kafka, topic)}
 
 
-def start_job(settings, out: Path, *extra: str) -> subprocess.Popen:
+def start_job(settings, out: Path, *extra: str, stdout=subprocess.PIPE, stderr=subprocess.PIPE) -> subprocess.Popen:  # noqa: ANN001
     env = {
         **os.environ,
         "DRIFTRAG_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
@@ -38,7 +38,7 @@ def start_job(settings, out: Path, *extra: str) -> subprocess.Popen:
     }
     return subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "run", "--out", str(out), "--progress-every", "2", *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env, stdout=stdout, stderr=stderr,
     )
 
 
@@ -55,7 +55,7 @@ def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = No
             return
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"job exited ({proc.returncode}) while waiting for {what}: "
-                                 f"{proc.stderr.read().decode()[-3000:]}")
+                                 f"{proc.stderr.read().decode()[-3000:] if proc.stderr else '(see its log)'}")
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
@@ -222,3 +222,66 @@ def test_a_topic_deleted_under_the_running_job_stops_it_with_one_line(kafka_sett
     assert rc == 5, err[-3000:]
     line = [x for x in err.splitlines() if x.startswith("driftrag run: stopped:")]
     assert line and k.topic("engagements") in line[0] and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_broker_stopped_for_30s_under_load_loses_and_doubles_nothing(tmp_path):
+    """A broker of its own (the shared one stays up), stopped for 30 s while the job reads a backlog with
+    malformed messages in it, then restarted with more to read: every good event once downstream, every bad one
+    once in the dead-letter topic, and the job still running."""
+    from streams.broker import LocalKafka
+    from streams.settings import BrokerSettings, KafkaSettings, Settings
+    from streams.topics import ensure_topics
+    from tests.conftest import free_ports
+
+    port, cport = free_ports(2)
+    broker = LocalKafka(BrokerSettings(port=port, controller_port=cport, cache_dir=Settings().broker.cache_dir,
+                                       data_dir=tmp_path / "kafka", heap="512m"))
+    broker.start(progress=lambda m: None)
+    job = None
+    try:
+        settings = Settings(kafka=KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix="outage."))
+        k = settings.kafka
+        ensure_topics(k)
+        topics = {"engagements": k.topic("engagements"), "items": k.topic("items")}
+        first, second = GeneratorConfig(seed=8, events=15_000, bad_fraction=0.02), \
+            GeneratorConfig(seed=9, events=5_000, bad_fraction=0.02)
+        msgs = list(WorkloadGenerator(first).messages()) + list(WorkloadGenerator(second).messages())
+        good = [m for m in msgs if m.bad_kind is None]
+        produce_to_kafka(first, k.client(), topics)
+        out = tmp_path / "out"
+        # Output to a file, not a pipe: 30 s of the clients' reconnect messages fill a pipe nobody reads, and a
+        # job blocked writing to stderr looks like a job that stopped reading.
+        log = (tmp_path / "job.log").open("wb")
+        job = start_job(settings, out, "--no-clusters", "--progress-every", "1", stdout=log, stderr=log)
+        wait_for(lambda: count_lines(out / "events.jsonl") >= 1_000, 120, "the job reading", job)
+        assert broker.stop() is True  # mid-backlog
+        time.sleep(30)
+        assert job.poll() is None, "the job must ride out a broker outage"
+        broker.start(progress=lambda m: None)
+        produce_to_kafka(second, k.client(), topics)
+        wait_for(lambda: count_lines(out / "events.jsonl") >= len(good), 240, "every good event", job)
+        dl_topic = k.topic("dead_letter")
+        n_bad = len(msgs) - len(good)
+        wait_for(lambda: len(read_topic(settings, dl_topic)) >= n_bad, 120, "every dead letter", job)
+        time.sleep(2)  # anything doubled would show up now
+        assert job.poll() is None
+        dead = [orjson.loads(v) for _, v in read_topic(settings, dl_topic).values()]
+    finally:
+        if job is not None and job.poll() is None:
+            job.send_signal(signal.SIGTERM)
+            try:
+                job.wait(30)
+            except subprocess.TimeoutExpired:
+                job.kill()
+        broker.stop()
+    got = collections.Counter(
+        e.get("event_id") or "item:" + e["item_id"] + ":" + str(e["ts_ms"])
+        for e in map(orjson.loads, (out / "events.jsonl").read_bytes().splitlines()))
+    want = collections.Counter(
+        orjson.loads(m.value).get("event_id") if m.topic == "engagements"
+        else "item:" + orjson.loads(m.value)["item_id"] + ":" + str(Validator().validate(
+            RawMessage("items", 0, 0, None, m.value)).ts_ms) for m in good)
+    assert got == want  # as multisets: the two workloads share ids, each message is there as often as it was sent
+    assert len(dead) == n_bad
+    assert len({(d["source"]["topic"], d["source"]["partition"], d["source"]["offset"]) for d in dead}) == n_bad
