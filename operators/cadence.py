@@ -258,7 +258,8 @@ class CadenceController:
         return events
 
     def advance(self, ts_ms: int) -> list[CadenceEvent]:
-        """Move event time to ``ts_ms`` (never back) and run one check at the latest boundary passed, if any."""
+        """Move event time to ``ts_ms`` (never back) and run a check at every boundary passed, in turn: how far one
+        call jumps depends on how the stream was batched, and the decisions must not."""
         every = self.config.check_every_ms
         if self._now is None:
             self._now = self._start = ts_ms
@@ -268,7 +269,10 @@ class CadenceController:
             return []
         self._now = ts_ms
         boundary = ts_ms - ts_ms % every
-        return self._check(boundary) if boundary > self._ref else []
+        events: list[CadenceEvent] = []
+        for bnd in range(self._ref + every, boundary + 1, every):
+            events += self._check(bnd)
+        return events
 
     # ------------------------------------------------------------------------------------------------- checks
 

@@ -328,8 +328,17 @@ class Codebook:
         if len(x) == 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         sims = x @ self.centroids.T
-        ids = sims.argmax(axis=1)
-        best = np.take_along_axis(sims, ids[:, None], axis=1)[:, 0]
+        # The product's float32 sums depend on the batch's shape (BLAS blocks rows differently), so an item's
+        # distance, and on a near-tie its cluster, would depend on the micro-batch it came in. The two nearest
+        # centroids are scored again one row at a time in float64: the answer is the item's alone; ties go to the
+        # lower cluster id.
+        top = np.zeros((len(x), 1), dtype=np.int64) if self.k == 1 else np.argpartition(-sims, 1, axis=1)[:, :2]
+        x64 = x.astype(np.float64)
+        exact = np.stack([(x64 * self.centroids[top[:, j]].astype(np.float64)).sum(axis=1)
+                          for j in range(top.shape[1])], axis=1)
+        pick = np.lexsort((top.T, -exact.T), axis=0)[0] if top.shape[1] > 1 else np.zeros(len(x), dtype=np.int64)
+        ids = top[np.arange(len(x)), pick]
+        best = exact[np.arange(len(x)), pick]
         return ids.astype(np.int64), np.clip(1.0 - best, 0.0, 2.0).astype(np.float32)
 
     def is_novel(self, distance: float) -> bool:

@@ -298,6 +298,11 @@ class DriftMonitor:
         self.updates += 1
         return out
 
+    @property
+    def now_ms(self) -> int | None:
+        """Event time the monitor has advanced to (None before the first ``advance``)."""
+        return self._now
+
     def advance(self, ts_ms: int) -> list[Alert]:
         """Move event time to ``ts_ms``; evaluate every cluster at each bucket boundary passed."""
         if self._now is not None and ts_ms <= self._now:
@@ -310,8 +315,13 @@ class DriftMonitor:
             return []
         if boundary <= self._evaluated:
             return []
-        self._evaluated = boundary  # a jump over many buckets evaluates once, at the latest boundary
-        return self._evaluate(boundary)
+        # Every boundary passed, in turn: how far one call jumps depends on how the stream was batched, and the
+        # alerts must not (a jump evaluated once, at its latest boundary, missed drifts a step-by-step run saw).
+        alerts: list[Alert] = []
+        for bnd in range(self._evaluated + b, boundary + 1, b):
+            self._evaluated = bnd
+            alerts += self._evaluate(bnd)
+        return alerts
 
     # -- reference policy ----------------------------------------------------------------------------------
 

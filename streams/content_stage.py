@@ -182,10 +182,14 @@ class UserShardJoin(StatefulBatchLogic):
         self.join = (OrderedItemJoin(max_pending, max_wait_ms) if resume is None
                      else OrderedItemJoin.from_snapshot(resume, max_pending, max_wait_ms))
 
-    def on_batch(self, values: list[tuple[str, int] | Engagement]) -> tuple[list[ClusteredEngagement], bool]:
-        """Values: an item's (item_id, cluster), or an engagement."""
+    def on_batch(self, values: list[tuple[str, int, int] | Engagement]) -> tuple[list[ClusteredEngagement], bool]:
+        """Values: an item's (item_id, cluster, event time), or an engagement. Applied in event-time order, content
+        first on equal times: the merged streams deliver a batch's content and engagements in no particular order,
+        and an engagement must get its item's cluster as of its own time (and an inline text's cluster, which is
+        content at the engagement's time), whatever the batch size."""
         join = self.join
         now_ms = int(time.time() * 1000)
+        values = sorted(values, key=_join_order)
         released, dropped = join.expire(now_ms)
         out = [ClusteredEngagement(e, c) for e, c in released]
         if dropped:
@@ -193,7 +197,7 @@ class UserShardJoin(StatefulBatchLogic):
         clusters, held = join.clusters, join.queues
         for v in values:
             if type(v) is tuple:
-                out += [ClusteredEngagement(e, c) for e, c in join.on_item(*v)]
+                out += [ClusteredEngagement(e, c) for e, c in join.on_item(v[0], v[1])]
                 continue
             c = clusters.get(v.item_id)
             if c is not None and v.user_id not in held:  # the common case, inlined: released at once
@@ -209,6 +213,10 @@ class UserShardJoin(StatefulBatchLogic):
 
     def snapshot(self) -> tuple:
         return self.join.snapshot()
+
+
+def _join_order(v: tuple | Engagement) -> tuple[int, int]:
+    return (v[2], 0) if type(v) is tuple else (v.ts_ms, 1)
 
 
 class ItemTally(StatefulBatchLogic):
@@ -260,7 +268,7 @@ def cluster_events(events: Stream[Engagement | ContentEvent], config: Clustering
         "items_and_engagements",
         # (item_id, cluster) only, not the vector and text: this goes to every shard, across processes too
         op.flat_map_batch("items_to_every_shard", items,
-                          lambda batch: [(k, (i.item_id, i.cluster)) for i in batch for k in shard_keys]),
+                          lambda batch: [(k, (i.item_id, i.cluster, i.ts_ms)) for i in batch for k in shard_keys]),
         op.flat_map_batch("shard_engagements_by_user", events,
                           lambda batch: [(user_shard(e.user_id, shards), e) for e in batch if type(e) is Engagement]),
     )

@@ -167,6 +167,10 @@ def _feed(monitor: Any, obs: list[tuple], cadence: Any, hold: Hold) -> tuple[lis
     latest = None
     for rows in buckets:
         rows.sort(key=_ts_key)
+        # Hours before this one are complete: evaluate their boundaries before this hour's rows are fed, so what
+        # an evaluation sees does not depend on how many hours one call brings.
+        first = rows[0]
+        alerts += monitor.advance((first[4] if first[0] == "t" else first[2]) // bucket_ms * bucket_ms)
         engaged: dict[int, list[int]] = {}  # cluster -> [n, positive, latest ts]
         for o in rows:
             kind = o[0]
@@ -195,9 +199,10 @@ def _feed(monitor: Any, obs: list[tuple], cadence: Any, hold: Hold) -> tuple[lis
             alerts += monitor.advance(top)
             if cadence is not None:
                 alerts += _cadence_events(cadence.advance(top), monitor)
-    if hold.complete_until is not None and buckets:
+    if hold.complete_until is not None and monitor.now_ms is not None:
         # Every hour before this boundary is complete: score it now, not when the next hour's data is fed
-        # (which, at the end of a replay, never comes).
+        # (which, at the end of a replay, never comes), also when no hour came complete in this call. Not before
+        # any hour has been fed: event time starts with the data, not with the hold's first estimate.
         boundary = hold.complete_until * bucket_ms
         alerts += monitor.advance(boundary)
         if cadence is not None:
@@ -234,6 +239,9 @@ def _monitor_step(make_monitor: Callable[[], Any], make_cadence: Callable[[], An
             CADENCE_DEBT.set(cadence.debt)
         scores = monitor.scores()
         changed = {c for c, s in scores.items() if last_scores.get(c) != _rounded(s)}
+        # A score that lapsed (the cluster is no longer scored) is a change too: else the index would keep the
+        # last status sent, and whether it was ever sent depends on how the calls split the stream.
+        changed |= {c for c in last_scores if c not in scores and last_scores[c]}
         changed |= {a.cluster for a in alerts}
         for c in sorted(changed):
             st = monitor.status(c)

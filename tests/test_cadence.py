@@ -305,11 +305,13 @@ def test_no_new_drift_after_a_fine_tune_means_no_second_one():
 # ------------------------------------------------------------------------------------------------- event time
 
 
-def test_time_jump_runs_one_check_at_the_latest_boundary():
+def test_time_jump_runs_a_check_at_every_boundary_passed():
+    """A jump from 2h30 to 10h30 checks at 3h, 4h, ... 10h in turn, as a stream batched hour by hour would: the
+    switch is refreshed at the first boundary after it (3h), once."""
     ctl, _ = run(hourly((1, 2), 100, lambda i: 3, 0, 2))  # row set at the check of hour 1
     assert ctl.on_triples([(1, 2, 5, 2 * H + 30 * 60_000 + i) for i in range(200)]) == []
     events = ctl.on_triple(1, 2, 5, 10 * H + 30 * 60_000)
-    assert [(e.kind, e.ts_ms) for e in events] == [("rag_refresh", 10 * H)]
+    assert [(e.kind, e.ts_ms) for e in events] == [("rag_refresh", 3 * H)]
     (p,) = events[0].pairs
     assert p["stale_traffic"] == 300 and p["top_after"] == [5, 3]  # hour 1 plus the 200 switched triples, once
     assert ctl.debt == pytest.approx(200 * p["change"] * 0.05, abs=1e-5)  # the row is also the base here

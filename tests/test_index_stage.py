@@ -20,8 +20,8 @@ def test_tally_counts_engagements_positives_and_seen_times():
 
 
 def test_user_shard_join_releases_each_users_engagements_in_order_and_snapshots():
-    def item(item_id: str, cluster: int) -> tuple[str, int]:
-        return (item_id, cluster)
+    def item(item_id: str, cluster: int) -> tuple[str, int, int]:
+        return (item_id, cluster, 0)  # (item, cluster, event time): published before every engagement here
 
     def released(out: list[ClusteredEngagement]) -> list[tuple[str, int, int]]:
         return [(ce.engagement.user_id, ce.engagement.ts_ms, ce.cluster) for ce in out]
