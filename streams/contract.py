@@ -65,6 +65,9 @@ class RawMessage(NamedTuple):
     # Wall-clock ms at which the message entered the pipeline: the Kafka record timestamp, or the time a file or
     # generator source read it. Freshness (produce -> visible in the index) is measured from here.
     ingest_ms: int = 0
+    # The event-time guard's reference for this message: a replay's stream time (the event time of the line before
+    # it); None: the wall clock (live sources).
+    ref_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,9 +277,9 @@ class Validator:
         try:
             obj = self._load(msg.value)
             if msg.topic == self.engagements_topic:
-                return self._engagement(obj, msg.ingest_ms, msg.partition)
+                return self._engagement(obj, msg.ingest_ms, msg.partition, msg.ref_ms)
             if msg.topic == self.items_topic:
-                return self._content(obj, msg.ingest_ms)
+                return self._content(obj, msg.ingest_ms, msg.ref_ms)
             raise _Invalid("unknown_topic", None, f"no contract for topic {msg.topic!r}")
         except _Invalid as e:
             return DeadLetter(e.reason, e.detail, e.field, msg.topic, msg.partition, msg.offset, msg.key, msg.value)
@@ -319,18 +322,19 @@ class Validator:
             raise _Invalid("oversize_field", field, f"{field} is {len(v)} chars; limit {self.max_id_chars}")
         return v
 
-    def _ts(self, obj: dict[str, Any]) -> int:
+    def _ts(self, obj: dict[str, Any], ref_ms: int | None = None) -> int:
         v = obj.get("ts")
         if v is None:
             raise _Invalid("missing_field", "ts", "required field 'ts' is missing")
         ms = parse_ts(v)
         # The event-time guard: every decayed count, the index's watermark and the drift hold follow the newest
-        # event time they have seen, so one record dated years ahead would age everything else to nothing.
+        # event time they have seen, so one record dated years ahead would age everything else to nothing. Ahead
+        # of the wall clock (live), or of the stream's time where a replay of old data says it (``ref_ms``).
         if self.max_future_ms is not None:
-            limit = int(self.clock() * 1000) + self.max_future_ms
-            if ms > limit:
-                raise _Invalid("future_event_time", "ts", f"ts={ms} is {ms - limit + self.max_future_ms} ms ahead "
-                               f"of the wall clock; limit {self.max_future_ms} (contract.max_future_ms)")
+            ref, what = (int(self.clock() * 1000), "the wall clock") if ref_ms is None else (ref_ms, "the replay")
+            if ms > ref + self.max_future_ms:
+                raise _Invalid("future_event_time", "ts", f"ts={ms} is {ms - ref} ms ahead of {what}; limit "
+                               f"{self.max_future_ms} (contract.max_future_ms)")
         return ms
 
     def _text(self, v: Any, field: str = "text") -> str:
@@ -343,7 +347,8 @@ class Validator:
                 raise _Invalid("oversize_field", field, f"{field} is {n} bytes; limit {self.max_text_bytes}")
         return v
 
-    def _engagement(self, obj: dict[str, Any], ingest_ms: int = 0, partition: int = 0) -> Engagement:
+    def _engagement(self, obj: dict[str, Any], ingest_ms: int = 0, partition: int = 0,
+                    ref_ms: int | None = None) -> Engagement:
         user_id = self._id(obj, "user_id")
         item_id = self._id(obj, "item_id")
         action = obj.get("action")
@@ -353,7 +358,7 @@ class Validator:
             raise _Invalid("wrong_type", "action", f"action must be a string, got {type(action).__name__}")
         if action not in ACTIONS:
             raise _Invalid("invalid_value", "action", f"unknown action {action[:32]!r}; one of {sorted(ACTIONS)}")
-        ts_ms = self._ts(obj)
+        ts_ms = self._ts(obj, ref_ms)
         dwell = obj.get("dwell_ms")
         if dwell is not None:
             if isinstance(dwell, bool) or not isinstance(dwell, int):
@@ -371,13 +376,13 @@ class Validator:
         )
         return Engagement(user_id, item_id, action, ts_ms, positive, dwell, event_id, text, ingest_ms, partition)
 
-    def _content(self, obj: dict[str, Any], ingest_ms: int = 0) -> ContentEvent:
+    def _content(self, obj: dict[str, Any], ingest_ms: int = 0, ref_ms: int | None = None) -> ContentEvent:
         item_id = self._id(obj, "item_id")
         text = obj.get("text")
         if text is None:
             raise _Invalid("missing_field", "text", "required field 'text' is missing")
         text = self._text(text)
-        ts_ms = self._ts(obj)
+        ts_ms = self._ts(obj, ref_ms)
         tags = obj.get("tags")
         if tags is None:
             tags_t: tuple[str, ...] = ()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +29,10 @@ _IDLE_BACKOFF = timedelta(milliseconds=5)
 
 
 # ---------------------------------------------------------------------------------------------------- Kafka
+
+# A replay line further ahead of its file's time than contract.max_future_ms is a real jump in the data when this
+# many of the lines after it come near its time, and a stray record (dead-lettered) otherwise.
+_CONFIRM = 3
 
 # How often an idle partition asks the broker whether its topic still exists (a consumer with assigned partitions
 # gets no error when the topic is deleted: it would wait for messages forever).
@@ -295,31 +300,68 @@ class _MergedFilesPartition(StatefulSourcePartition[RawMessage, dict[str, tuple[
                  max_future_ms: int | None = None):
         # A line dated past the event-time guard (the validator dead-letters it) is merged as if it had no time:
         # taken as the file's time, one line dated 2100 would hold back the rest of its file behind all others.
+        # Past the wall clock's limit; or, in a replay of old data, further ahead of the line before it than the
+        # guard allows while the lines after it do not follow it there (a real gap in the data is followed by more
+        # data beyond it; one stray line is not).
+        self._max_future = max_future_ms
         self._ts_limit = None if max_future_ms is None else int(time.time() * 1000) + max_future_ms
         self._files = {t: p.open("rb") for t, p in files.items()}
         self._pos = dict(resume or {t: (0, 0) for t in files})
         for t, f in self._files.items():
             f.seek(self._pos.get(t, (0, 0))[1])
+        self._ahead: dict[str, deque[tuple[bytes, int]]] = {t: deque() for t in files}  # lines read ahead
         self._last_ts: dict[str, int] = {t: -1 for t in files}
-        self._heads: dict[str, tuple[int, bytes, int] | None] = {t: self._read(t) for t in files}
+        self.out_of_order = 0
+        self.strays = 0  # lines dated far past the stream's time on their own (dead-lettered)
+        self._heads: dict[str, tuple[int, bytes, int, int | None] | None] = {t: self._read(t) for t in files}
         self._order = {t: i for i, t in enumerate(files)}
         self._batch_size = batch_size
-        self.out_of_order = 0
 
-    def _read(self, topic: str) -> tuple[int, bytes, int] | None:
-        """(ts, line, byte position after it) of the file's next line, or None at its end."""
-        f = self._files[topic]
-        raw = f.readline()
-        if not raw:
+    def _line(self, topic: str, i: int) -> tuple[bytes, int] | None:
+        """The ``i``-th line not yet taken from the file (0: the next one) and the byte position after it."""
+        ahead, f = self._ahead[topic], self._files[topic]
+        while len(ahead) <= i:
+            raw = f.readline()
+            if not raw:
+                return None
+            ahead.append((raw, f.tell()))
+        return ahead[i]
+
+    def _stray(self, topic: str, ts: int, last: int) -> bool:
+        """Whether a line dated ``ts``, further ahead of the file's time ``last`` than the guard allows, stands
+        alone: fewer than ``_CONFIRM`` of the lines after it come near its time."""
+        follow = 0
+        for i in range(1, _CONFIRM + 1):
+            nxt = self._line(topic, i)
+            if nxt is None:
+                break
+            t = line_ts(nxt[0])
+            if t is not None and t >= ts - self._max_future:  # type: ignore[operator]
+                follow += 1
+        return follow < _CONFIRM
+
+    def _read(self, topic: str) -> tuple[int, bytes, int, int | None] | None:
+        """(merge time, line, byte position after it, the guard's reference for it or None) of the file's next
+        line, or None at its end."""
+        head = self._line(topic, 0)
+        if head is None:
             return None
-        ts = line_ts(raw)
+        raw, after = self._ahead[topic].popleft()
+        ts, last, ref = line_ts(raw), self._last_ts[topic], None
         if ts is None or (self._ts_limit is not None and ts > self._ts_limit):
-            ts = self._last_ts[topic]
-        elif ts < self._last_ts[topic]:
+            ts = last
+        elif self._max_future is not None and last >= 0 and ts > last + self._max_future:
+            self._ahead[topic].appendleft((raw, after))  # look past it without taking it
+            stray = self._stray(topic, ts, last)
+            self._ahead[topic].popleft()
+            if stray:
+                self.strays += 1
+                ts, ref = last, last  # keeps its place; the validator dead-letters it against the replay's time
+        elif ts < last:
             self.out_of_order += 1
-            ts = self._last_ts[topic]  # keep the file's own order
+            ts = last  # keep the file's own order
         self._last_ts[topic] = ts
-        return ts, raw[:-1] if raw.endswith(b"\n") else raw, f.tell()
+        return ts, raw[:-1] if raw.endswith(b"\n") else raw, after, ref
 
     def next_batch(self) -> list[RawMessage]:
         batch: list[RawMessage] = []
@@ -330,9 +372,9 @@ class _MergedFilesPartition(StatefulSourcePartition[RawMessage, dict[str, tuple[
             if not live:
                 break
             topic = min(live)[2]
-            ts, line, after = heads[topic]
+            ts, line, after, ref = heads[topic]
             offset = pos[topic][0]
-            batch.append(RawMessage(topic, 0, offset, None, line, now_ms))
+            batch.append(RawMessage(topic, 0, offset, None, line, now_ms, ref))
             pos[topic] = (offset + 1, after)
             heads[topic] = self._read(topic)
         if not batch:
