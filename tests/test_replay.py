@@ -246,3 +246,8 @@ def test_replay_of_a_retail_shaped_log_is_complete_and_repeatable(tmp_path):
     assert summary["dead_letter"] == gt["counts"]["bad_total"]
     for name in ("alerts.jsonl", "successors.json", "events.jsonl"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    # the paper's evaluation runs on it too
+    assert main(["eval", "--from-replay", str(tmp_path / "a"), "--out", str(tmp_path / "eval"),
+                 "--warmup-days", "7"]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["hit_rate"] and all(0.0 <= v <= 1.0 for v in report["hit_rate"].values() if v is not None)

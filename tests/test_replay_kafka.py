@@ -283,3 +283,42 @@ def test_kill_9_five_times_then_the_replays_successors_and_no_new_alert_ids(kafk
     streamed_ids = {(a["alert_id"], a["severity"]) for a in
                     (orjson.loads(v) for _, v in read_topic(kafka, kafka.topic("drift_alerts")))}
     assert streamed_ids == replayed_ids
+
+
+def test_kafka_gives_the_replays_successors_on_a_retail_shaped_log(kafka_bootstrap, tmp_path):
+    """The real-log-shaped scenario (minute-resolution baskets, items published at their first purchase) through a
+    one-partition broker: the same successors as its replay."""
+    data, codebooks, replay_out = tmp_path / "data", tmp_path / "codebooks", tmp_path / "replay"
+    write_files(GeneratorConfig(seed=4, scenario="retail", events=15_000, days=45, bad_fraction=0.01), data)
+    events, items = data / "engagements.jsonl", data / "items.jsonl"
+    assert main(["clusters", "build", "--items", str(items), "--out", str(codebooks)]) == 0
+    assert main(["replay", "--events", str(events), "--items", str(items), "--out", str(replay_out),
+                 "--codebook-dir", str(codebooks), "--progress-every", "60"]) == 0
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"rt{uuid.uuid4().hex[:8]}.")
+    kafka = kafka.model_copy(update={"topics": {
+        **kafka.topics, "engagements": TopicSpec(name="engagements", partitions=1),
+        "items": TopicSpec(name="items", partitions=1)}})
+    ensure_topics(kafka)
+    env = {**os.environ, "DRIFTRAG_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "DRIFTRAG_KAFKA__TOPIC_PREFIX": kafka.topic_prefix}
+    n = _produce(kafka, "items", items)
+    log, out = tmp_path / "job.log", tmp_path / "kafka"
+    with log.open("ab") as f:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "run", "--codebook-dir", str(codebooks), "--out", str(out),
+             "--no-api", "--warm-cache", str(items), "--warm-cache", str(events), "--progress-every", "0.5"],
+            env=env, stdout=f, stderr=f)
+    try:
+        _wait_for([job], [log], n, timeout=240)
+        n += _produce(kafka, "engagements", events)
+        _wait_for([job], [log], n, timeout=240)
+        _wait_until_quiet(kafka, [job], [log])
+    finally:
+        stop_process(job)
+    assert job.returncode == 0, log.read_text()[-3000:]
+    ours, theirs = _successors(replay_out), _successors(out)
+    assert len(ours) > 20 and set(ours) == set(theirs)
+    for pair, counts in ours.items():
+        assert set(counts) == set(theirs[pair]), pair
+        for c, v in counts.items():
+            assert abs(v - theirs[pair][c]) <= 0.011, (pair, c, v, theirs[pair][c])
