@@ -111,6 +111,15 @@ def _successors(out: Path) -> dict[tuple[int, int], dict[int, float]]:
             for p in json.loads((out / "successors.json").read_text())}
 
 
+def assert_same_successors(ours: dict, theirs: dict) -> None:
+    """The same pairs and successors, counts within their rounding (0.01)."""
+    assert set(ours) == set(theirs)
+    for pair, counts in ours.items():
+        assert set(counts) == set(theirs[pair]), pair
+        for c, v in counts.items():
+            assert abs(v - theirs[pair][c]) <= 0.011, (pair, c, v, theirs[pair][c])
+
+
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("replayed")
@@ -171,11 +180,8 @@ def test_replay_and_kafka_give_the_same_successors_and_alerts(kafka_bootstrap, t
         part = _successors(out)
         assert not set(part) & set(theirs)
         theirs.update(part)
-    assert len(ours) > 100 and set(ours) == set(theirs)
-    for pair, counts in ours.items():
-        assert set(counts) == set(theirs[pair]), pair
-        for c, v in counts.items():
-            assert abs(v - theirs[pair][c]) <= 0.011, (pair, c, v, theirs[pair][c])  # counts are rounded to 0.01
+    assert len(ours) > 100
+    assert_same_successors(ours, theirs)
 
     if processes > 1 or workers > 1:  # each user's order holds, but triples reach the drift step out of step
         return
@@ -273,11 +279,7 @@ def test_kill_9_five_times_then_the_replays_successors_and_no_new_alert_ids(kafk
 
     ours = _successors(replay_out)
     theirs = _successors(out)
-    assert set(ours) == set(theirs)
-    for pair, counts in ours.items():
-        assert set(counts) == set(theirs[pair]), pair
-        for c, v in counts.items():
-            assert abs(v - theirs[pair][c]) <= 0.011, (pair, c, v, theirs[pair][c])
+    assert_same_successors(ours, theirs)
     replayed_ids = {(a["alert_id"], a["severity"]) for a in
                     (orjson.loads(x) for x in (replay_out / "alerts.jsonl").read_bytes().splitlines())}
     streamed_ids = {(a["alert_id"], a["severity"]) for a in
@@ -317,8 +319,5 @@ def test_kafka_gives_the_replays_successors_on_a_retail_shaped_log(kafka_bootstr
         stop_process(job)
     assert job.returncode == 0, log.read_text()[-3000:]
     ours, theirs = _successors(replay_out), _successors(out)
-    assert len(ours) > 20 and set(ours) == set(theirs)
-    for pair, counts in ours.items():
-        assert set(counts) == set(theirs[pair]), pair
-        for c, v in counts.items():
-            assert abs(v - theirs[pair][c]) <= 0.011, (pair, c, v, theirs[pair][c])
+    assert len(ours) > 20
+    assert_same_successors(ours, theirs)
