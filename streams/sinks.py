@@ -244,19 +244,21 @@ class Tallies:
         return total
 
 
+def _resume(files: list[Path], keep: list[Any], resume: tuple | None) -> None:
+    """Cut ``files`` back to their lengths at the snapshot (what came after is written again by the replayed
+    epochs; a fresh run, without a snapshot, starts them anew) and restore the kept objects."""
+    sizes, kept = resume if resume is not None else ({}, [None] * len(keep))
+    for f in files:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        with f.open("ab") as fh:
+            fh.truncate(sizes.get(str(f), 0))
+    for obj, value in zip(keep, kept, strict=True):
+        if value is not None:
+            obj.restore(value)
+
+
 class _ExactlyOncePartition(StatefulSinkPartition[Any, tuple]):
-    def __init__(self, inner: StatelessSinkPartition | None, files: list[Path], keep: list[Any],
-                 resume: tuple | None) -> None:
-        sizes, kept = resume if resume is not None else ({}, [None] * len(keep))
-        for f in files:
-            # Cut back to the length at the snapshot: what came after is written again by the replayed epochs
-            # (a fresh run, without a snapshot, starts the file anew).
-            f.parent.mkdir(parents=True, exist_ok=True)
-            with f.open("ab") as fh:
-                fh.truncate(sizes.get(str(f), 0))
-        for obj, value in zip(keep, kept, strict=True):
-            if value is not None:
-                obj.restore(value)
+    def __init__(self, inner: StatelessSinkPartition | None, files: list[Path], keep: list[Any]) -> None:
         self._inner, self._files, self._keep = inner, files, keep
 
     def write_batch(self, items: list[Any]) -> None:
@@ -292,10 +294,9 @@ class ExactlyOnceSink(FixedPartitionedSink[Any, tuple]):
         return 0
 
     def build_part(self, step_id: str, for_part: str, resume_state: tuple | None) -> _ExactlyOncePartition:
-        # Files are cut before the inner sink opens them for appending.
-        partition = _ExactlyOncePartition(None, self.files, self.keep, resume_state)
-        partition._inner = self.inner.build(step_id, 0, 1) if self.inner is not None else None
-        return partition
+        _resume(self.files, self.keep, resume_state)  # before the inner sink opens the files for appending
+        inner = self.inner.build(step_id, 0, 1) if self.inner is not None else None
+        return _ExactlyOncePartition(inner, self.files, self.keep)
 
 
 class _CountingPartition(StatelessSinkPartition[Any]):

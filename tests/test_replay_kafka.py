@@ -111,6 +111,17 @@ def _successors(out: Path) -> dict[tuple[int, int], dict[int, float]]:
             for p in json.loads((out / "successors.json").read_text())}
 
 
+def _topics(bootstrap: str, prefix: str, partitions: int) -> tuple[KafkaSettings, dict[str, str]]:
+    """Topics of their own (a fresh prefix) with ``partitions`` for engagements and items, and the job's env."""
+    kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"{prefix}{uuid.uuid4().hex[:8]}.")
+    kafka = kafka.model_copy(update={"topics": {
+        **kafka.topics, "engagements": TopicSpec(name="engagements", partitions=partitions),
+        "items": TopicSpec(name="items", partitions=partitions)}})
+    ensure_topics(kafka)
+    return kafka, {**os.environ, "DRIFTRAG_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+                   "DRIFTRAG_KAFKA__TOPIC_PREFIX": kafka.topic_prefix}
+
+
 def assert_same_successors(ours: dict, theirs: dict) -> None:
     """The same pairs and successors, counts within their rounding (0.01)."""
     assert set(ours) == set(theirs)
@@ -143,13 +154,7 @@ def test_replay_and_kafka_give_the_same_successors_and_alerts(kafka_bootstrap, t
     over them): still the same successors, because the item join keeps each user's engagements in order; alerts
     are not compared there (triples from different workers reach the drift step out of step)."""
     events, items, codebooks, replay_out = replayed
-    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"r{uuid.uuid4().hex[:8]}.")
-    kafka = kafka.model_copy(update={"topics": {
-        **kafka.topics, "engagements": TopicSpec(name="engagements", partitions=partitions),
-        "items": TopicSpec(name="items", partitions=partitions)}})
-    ensure_topics(kafka)
-    env = {**os.environ, "DRIFTRAG_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
-           "DRIFTRAG_KAFKA__TOPIC_PREFIX": kafka.topic_prefix}
+    kafka, env = _topics(kafka_bootstrap, "r", partitions)
     # The catalogue first, as a platform publishes it; the job takes it in before the engagements arrive.
     n_items = _produce(kafka, "items", items)
     addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(processes))
@@ -242,13 +247,7 @@ def test_kill_9_five_times_then_the_replays_successors_and_no_new_alert_ids(kafk
     the whole job (every message once). Before, one run in three lost a triple on a few pairs, alerts came twice
     and the summary counted the last process only."""
     events, items, codebooks, replay_out = replayed
-    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"k{uuid.uuid4().hex[:8]}.")
-    kafka = kafka.model_copy(update={"topics": {
-        **kafka.topics, "engagements": TopicSpec(name="engagements", partitions=1),
-        "items": TopicSpec(name="items", partitions=1)}})
-    ensure_topics(kafka)
-    env = {**os.environ, "DRIFTRAG_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
-           "DRIFTRAG_KAFKA__TOPIC_PREFIX": kafka.topic_prefix}
+    kafka, env = _topics(kafka_bootstrap, "k", 1)
     total = _produce(kafka, "items", items) + _produce(kafka, "engagements", events)
     out, rec = tmp_path / "out", tmp_path / "recovery"
     cmd = [sys.executable, "-m", "streams.cli", "run", "--codebook-dir", str(codebooks), "--out", str(out),
@@ -296,13 +295,7 @@ def test_kafka_gives_the_replays_successors_on_a_retail_shaped_log(kafka_bootstr
     assert main(["clusters", "build", "--items", str(items), "--out", str(codebooks)]) == 0
     assert main(["replay", "--events", str(events), "--items", str(items), "--out", str(replay_out),
                  "--codebook-dir", str(codebooks), "--progress-every", "60"]) == 0
-    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"rt{uuid.uuid4().hex[:8]}.")
-    kafka = kafka.model_copy(update={"topics": {
-        **kafka.topics, "engagements": TopicSpec(name="engagements", partitions=1),
-        "items": TopicSpec(name="items", partitions=1)}})
-    ensure_topics(kafka)
-    env = {**os.environ, "DRIFTRAG_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
-           "DRIFTRAG_KAFKA__TOPIC_PREFIX": kafka.topic_prefix}
+    kafka, env = _topics(kafka_bootstrap, "rt", 1)
     n = _produce(kafka, "items", items)
     log, out = tmp_path / "job.log", tmp_path / "kafka"
     with log.open("ab") as f:
