@@ -4,24 +4,51 @@ generator's default scenario is alerted, on the right cluster, once per severity
 from __future__ import annotations
 
 import collections
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
 import pytest
 
 from streams.cli import main
 from streams.generator import GeneratorConfig, write_files
+from streams.webhook import SIGNATURE_HEADER, verify_signature
 
 pytestmark = pytest.mark.slow
 DAY = 86_400_000
+
+
+DELIVERIES: list[tuple[bytes, str | None]] = []  # (body, signature header) as the webhook endpoint got them
+
+
+class _Hook(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - http.server API
+        DELIVERIES.append((self.rfile.read(int(self.headers["content-length"])), self.headers.get(SIGNATURE_HEADER)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:  # noqa: ANN002
+        pass
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     data, out = tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("out")
     write_files(GeneratorConfig(seed=7, events=60_000, bad_fraction=0.01), data)
-    assert main(["run", "--events", str(data / "engagements.jsonl"), "--items", str(data / "items.jsonl"),
-                 "--no-api", "--out", str(out), "--codebook-dir", str(tmp_path_factory.mktemp("cb")),
-                 "--progress-every", "60"]) == 0
+    secret = tmp_path_factory.mktemp("secret") / "webhook"
+    secret.write_text("e2e-secret\n")
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    os.environ["DRIFTRAG_DRIFT__WEBHOOK_SECRET_FILE"] = str(secret)
+    try:
+        assert main(["run", "--events", str(data / "engagements.jsonl"), "--items", str(data / "items.jsonl"),
+                     "--no-api", "--out", str(out), "--codebook-dir", str(tmp_path_factory.mktemp("cb")),
+                     "--progress-every", "60", "--webhook", f"http://127.0.0.1:{hook.server_address[1]}/hook"]) == 0
+    finally:
+        del os.environ["DRIFTRAG_DRIFT__WEBHOOK_SECRET_FILE"]
+        hook.shutdown()
+        hook.server_close()
     gt = orjson.loads((data / "ground_truth.json").read_bytes())
     ours = {}
     for line in (out / "items.jsonl").read_bytes().splitlines():
@@ -46,6 +73,15 @@ def test_every_planted_drift_is_alerted_on_its_cluster(run):
         if not hit:
             missed.append(d["id"])
     assert not missed, f"planted drifts without an alert: {missed}"
+
+
+def test_every_alert_reaches_the_webhook_signed(run):
+    _, _, alerts = run
+    assert alerts and len(DELIVERIES) == len(alerts)  # the job drains its webhook queue before it exits
+    assert sorted(orjson.loads(b)["alert_id"] + orjson.loads(b)["severity"] for b, _ in DELIVERIES) == sorted(
+        a["alert_id"] + a["severity"] for a in alerts)
+    for body, header in DELIVERIES:
+        assert verify_signature(b"e2e-secret", body, header, tolerance_s=3600)
 
 
 def test_one_drift_one_alert_and_the_brief_fields(run):

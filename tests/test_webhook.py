@@ -11,7 +11,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from operators.alerts import Alert
-from streams.webhook import WebhookNotifier
+from streams.settings import DriftSettings
+from streams.webhook import SIGNATURE_HEADER, WebhookNotifier, verify_signature
 
 
 class Endpoint:
@@ -20,12 +21,14 @@ class Endpoint:
     def __init__(self, statuses: list[int], delay_s: float = 0.0) -> None:
         self.statuses, self.delay_s = list(statuses), delay_s
         self.requests: list[tuple[float, dict]] = []
+        self.raw: list[tuple[bytes, dict[str, str]]] = []  # (body as sent, headers)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server API
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                outer.requests.append((time.monotonic(), body))
+                raw = self.rfile.read(int(self.headers["content-length"]))
+                outer.raw.append((raw, {k.lower(): v for k, v in self.headers.items()}))
+                outer.requests.append((time.monotonic(), json.loads(raw)))
                 time.sleep(outer.delay_s)
                 status = outer.statuses.pop(0) if outer.statuses else 200
                 self.send_response(status)
@@ -138,3 +141,74 @@ def test_notify_never_blocks_and_drops_when_the_queue_is_full(endpoint):
 def test_bad_url_is_a_clear_error():
     with pytest.raises(ValueError, match="http"):
         WebhookNotifier("ftp://example")
+
+
+def readme_verify():  # noqa: ANN201
+    """The receiver's ``verify`` exactly as the README shows it (standard library only)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme[readme.index("Webhook signatures."):]
+    code = block[block.index("```python") + 9:]
+    scope: dict = {}
+    exec(code[:code.index("```")], scope)  # noqa: S102 - our own README
+    return scope["verify"]
+
+
+def test_signed_deliveries_verify_and_each_attempt_is_signed_anew(endpoint):
+    ep = endpoint([503])
+    n = WebhookNotifier(ep.url, base_delay_s=1.1, secret="s3cret")  # a retry in a later second
+    n.notify(alert())
+    wait(lambda: len(ep.raw) == 2, timeout=15)
+    n.close()
+    stamps = set()
+    for body, headers in ep.raw:
+        header = headers[SIGNATURE_HEADER.lower()]
+        assert verify_signature(b"s3cret", body, header)
+        assert readme_verify()(b"s3cret", body, header)
+        assert not readme_verify()(b"other", body, header)
+        assert not verify_signature(b"other", body, header)
+        assert not verify_signature(b"s3cret", body.replace(b'"a1"', b'"a2"'), header)  # body tampered with
+        stamps.add(header.split(",")[0])
+    assert len(stamps) == 2  # the retry carries its own (later) timestamp
+
+
+def test_unsigned_without_a_secret(endpoint):
+    ep = endpoint([])
+    n = WebhookNotifier(ep.url)
+    n.notify(alert())
+    wait(lambda: len(ep.raw) == 1)
+    n.close()
+    assert SIGNATURE_HEADER.lower() not in ep.raw[0][1]
+
+
+@pytest.mark.parametrize("header", [None, "", "garbage", "t=abc,v1=00", "v1=00", "t=1700000000",
+                                    "t=1700000000,v1=" + "0" * 64])
+def test_malformed_or_wrong_signatures_are_refused_not_raised(header):
+    assert verify_signature(b"k", b"{}", header, now=1_700_000_000) is False
+
+
+def test_a_rotated_secret_may_sign_alongside():
+    from streams.webhook import sign
+
+    old, new = sign(b"old", b"{}", timestamp=100), sign(b"new", b"{}", timestamp=100)
+    both = old + "," + new.split(",")[1]
+    assert verify_signature(b"old", b"{}", both, now=100) and verify_signature(b"new", b"{}", both, now=100)
+
+
+def test_the_secret_comes_from_the_environment_or_a_file(tmp_path, monkeypatch):
+    from streams.settings import Settings
+
+    assert DriftSettings().signing_secret() is None
+    monkeypatch.setenv("DRIFTRAG_DRIFT__WEBHOOK_SECRET", "from-env")
+    s = Settings()
+    assert s.drift.signing_secret() == b"from-env" and "from-env" not in repr(s.drift)  # never printed
+    f = tmp_path / "secret"
+    f.write_text("from-file\n")
+    monkeypatch.setenv("DRIFTRAG_DRIFT__WEBHOOK_SECRET_FILE", str(f))
+    assert Settings().drift.signing_secret() == b"from-file"
+    f.write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        Settings().drift.signing_secret()
+    with pytest.raises(ValueError, match="empty"):
+        WebhookNotifier("http://127.0.0.1:9/hook", secret="")
