@@ -47,22 +47,41 @@ appender.stdout.layout.pattern=[%d] %p %m (%c)%n
 """
 
 
-def server_properties(host: str, port: int, controller_port: int, log_dir: Path) -> str:
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def server_properties(host: str, port: int, controller_port: int, log_dir: Path, sasl_port: int | None = None) -> str:
     """KRaft single-node config: one process is broker and controller.
+
+    With ``sasl_port`` a second client listener there takes SASL/SCRAM (SHA-256 or SHA-512) over plaintext, for
+    clients configured as a secured deployment's are; the plaintext listener stays for the broker itself and
+    local administration (users are added through it, see :meth:`LocalKafka.add_scram_user`).
 
     >>> "listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093" in server_properties(
     ...     "127.0.0.1", 9092, 9093, Path("/d"))
     True
+    >>> "SASL_PLAINTEXT://127.0.0.1:9094" in server_properties("127.0.0.1", 9092, 9093, Path("/d"), sasl_port=9094)
+    True
     """
+    listeners = [f"PLAINTEXT://{host}:{port}"]
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    sasl: list[str] = []
+    if sasl_port is not None:
+        listeners.append(f"SASL_PLAINTEXT://{host}:{sasl_port}")
+        protocols += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+        sasl = [f"sasl.enabled.mechanisms={','.join(SCRAM_MECHANISMS)}"] + [
+            f"listener.name.sasl_plaintext.{m.lower()}.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;" for m in SCRAM_MECHANISMS]
     return "\n".join([
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.voters=1@{host}:{controller_port}",
-        f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}",
-        f"advertised.listeners=PLAINTEXT://{host}:{port}",
+        f"listeners={','.join(listeners)},CONTROLLER://{host}:{controller_port}",
+        f"advertised.listeners={','.join(listeners)}",
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"listener.security.protocol.map={protocols}",
+        *sasl,
         f"log.dirs={log_dir}",
         "num.partitions=1",
         "offsets.topic.replication.factor=1",
@@ -200,7 +219,7 @@ class LocalKafka:
         if _port_open(s.host, s.port) and self._answers():
             progress(f"a Kafka broker (not started from {self.data_dir}) already answers on {self.bootstrap}")
             return
-        for p in (s.port, cport):
+        for p in (s.port, cport, *([s.sasl_port] if s.sasl_port else [])):
             if _port_open(s.host, p):
                 raise RuntimeError(f"port {s.host}:{p} is already in use by another process "
                                    "(choose another with --port / --controller-port)")
@@ -208,7 +227,7 @@ class LocalKafka:
         libs = self.fetch(progress)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "server.properties"
-        config.write_text(server_properties(s.host, s.port, cport, self.data_dir / "logs"))
+        config.write_text(server_properties(s.host, s.port, cport, self.data_dir / "logs", s.sasl_port))
         log4j = self.data_dir / "log4j2.properties"
         log4j.write_text(_LOG4J)
         cp = f"{libs}/*"
@@ -275,6 +294,23 @@ class LocalKafka:
             time.sleep(0.2)
         return False
 
+    @property
+    def sasl_bootstrap(self) -> str | None:
+        """host:port of the SASL/SCRAM listener, or None when the broker has none."""
+        return f"{self.settings.host}:{self.settings.sasl_port}" if self.settings.sasl_port else None
+
+    def add_scram_user(self, user: str, password: str, mechanism: str = "SCRAM-SHA-256") -> None:
+        """Create (or change the password of) a SCRAM user, through the plaintext listener."""
+        from confluent_kafka.admin import AdminClient, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+
+        if mechanism not in SCRAM_MECHANISMS:
+            raise ValueError(f"SCRAM mechanism must be one of {', '.join(SCRAM_MECHANISMS)}, got {mechanism!r}")
+        mech = ScramMechanism.SCRAM_SHA_256 if mechanism == "SCRAM-SHA-256" else ScramMechanism.SCRAM_SHA_512
+        upsert = UserScramCredentialUpsertion(user, ScramCredentialInfo(mech, 8192), password.encode())
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})  # kept referenced until the result is in
+        for f in admin.alter_user_scram_credentials([upsert]).values():
+            f.result(timeout=30)
+
     def clean(self) -> None:
         """Delete the data directory (topics, offsets, log). The broker must be stopped."""
         if self._pid() is not None:
@@ -306,12 +342,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", dest="kafka_version", help="Apache Kafka version (default: 4.1.1)")
     p.add_argument("--heap", help="JVM heap, e.g. 512m")
     p.add_argument("--clean", action="store_true", help="with stop: delete the broker's data directory")
+    p.add_argument("--sasl-port", type=int, help="with start: also a SASL/SCRAM listener on this port")
+    p.add_argument("--scram-user", action="append", default=[], metavar="NAME:PASSWORD",
+                   help="with start: create this SCRAM-SHA-256 user (repeatable; needs --sasl-port)")
 
 
 def run(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
     overrides = {k: v for k, v in {"port": args.port, "controller_port": args.controller_port,
                                    "data_dir": args.data_dir, "version": args.kafka_version,
-                                   "heap": args.heap}.items() if v is not None}
+                                   "heap": args.heap, "sasl_port": args.sasl_port}.items() if v is not None}
     # model_validate (not model_copy): a bad --port is a clear validation error, not a broken broker.
     broker = LocalKafka(BrokerSettings.model_validate({**settings.broker.model_dump(), **overrides}))
 
@@ -322,7 +361,15 @@ def run(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
         if args.action == "fetch":
             say(f"jars in {broker.fetch(say)}")
         elif args.action == "start":
+            users = [u.partition(":") for u in args.scram_user]
+            if users and broker.settings.sasl_port is None:
+                raise ValueError("--scram-user needs a SASL listener: add --sasl-port")
+            if any(not name or not sep or not pw for name, sep, pw in users):
+                raise ValueError("--scram-user takes NAME:PASSWORD")
             broker.start(say)
+            for name, _, pw in users:
+                broker.add_scram_user(name, pw)
+                say(f"SCRAM-SHA-256 user {name!r} on {broker.sasl_bootstrap}")
         elif args.action == "stop":
             say("stopped" if broker.stop() else "no broker was running")
             if args.clean and broker.data_dir.exists():

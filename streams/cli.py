@@ -54,17 +54,42 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     previous = _stop_on_sigterm()
     try:
+        if uses_kafka(args):
+            from streams.kafka_access import check_access
+
+            check_access(settings.kafka.with_args(args))
         return importlib.import_module(args._module).run(args, settings)
     except (ValueError, FileNotFoundError) as e:
         # Bad arguments or config: one clear line, no stack trace.
         print(f"driftrag {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KafkaException as e:
-        print(f"driftrag {args.command}: error: Kafka at {settings.kafka.bootstrap_servers}: {e}", file=sys.stderr)
+        where = settings.kafka.with_args(args).bootstrap_servers
+        print(f"driftrag {args.command}: error: Kafka at {where}: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        from streams.kafka_access import KafkaAccessError
+
+        if not isinstance(e, KafkaAccessError):
+            raise
+        print(f"driftrag {args.command}: error: {e}", file=sys.stderr)  # credentials: no retry will help
         return 1
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def uses_kafka(args: argparse.Namespace) -> bool:
+    """Whether this command talks to Kafka (its client config is checked before it starts)."""
+    if args.command in ("serve", "topics"):
+        return True
+    if args.command == "run":
+        return not args.embedded and args.events is None
+    if args.command == "generate":
+        return bool(args.kafka)
+    if args.command == "export-ft":
+        return args.from_dir is None
+    return False
 
 
 def _stop_on_sigterm() -> Any:

@@ -83,8 +83,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         pairs, labels, codebook = state_from_dir(args.from_dir)
         where = str(args.from_dir)
     else:
-        kafka = settings.kafka.model_copy(update={k: v for k, v in {
-            "bootstrap_servers": args.bootstrap_servers, "topic_prefix": args.topic_prefix}.items() if v is not None})
+        kafka = settings.kafka.with_args(args)
         settings = settings.model_copy(update={"kafka": kafka})
         pairs, labels, codebook = state_from_changelog(settings, args.timeout)
         where = f"{kafka.topic('index_mutations')} on {kafka.bootstrap_servers}"

@@ -1030,8 +1030,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         summary["files"] = write_files(config, args.out, progress=say)
         say(f"generate: wrote {summary['files']['messages']} messages to {args.out}")
     if args.kafka:
-        kafka = settings.kafka.model_copy(update={k: v for k, v in {
-            "bootstrap_servers": args.bootstrap_servers, "topic_prefix": args.topic_prefix}.items() if v is not None})
+        kafka = settings.kafka.with_args(args)
         topics = {"engagements": kafka.topic("engagements"), "items": kafka.topic("items")}
         say(f"generate: producing to {kafka.bootstrap_servers} topics {topics}")
         try:

@@ -133,8 +133,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
-    kafka = settings.kafka.model_copy(update={k: v for k, v in {
-        "bootstrap_servers": args.bootstrap_servers, "topic_prefix": args.topic_prefix}.items() if v is not None})
+    kafka = settings.kafka.with_args(args)
     try:
         if args.action == "create":
             print(json.dumps(ensure_topics(kafka)))

@@ -26,6 +26,41 @@ def test_server_properties_kraft_single_node(tmp_path):
     assert props["auto.create.topics.enable"] == "false"
 
 
+def test_server_properties_with_a_scram_listener():
+    props = dict(line.split("=", 1) for line in server_properties(
+        "127.0.0.1", 9092, 9093, Path("/d"), sasl_port=9094).splitlines() if line)
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:9092,SASL_PLAINTEXT://127.0.0.1:9094,CONTROLLER://127.0.0.1:9093"
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-256,SCRAM-SHA-512"
+    assert props["inter.broker.listener.name"] == "PLAINTEXT"
+    assert "ScramLoginModule" in props["listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--scram-user", "alice:pw"], "--scram-user needs a SASL listener"),
+    (["--sasl-port", "{free}", "--scram-user", "alice"], "NAME:PASSWORD"),
+])
+def test_scram_user_flags_are_checked_before_anything_starts(tmp_path, capsys, argv, message):
+    argv = [a.replace("{free}", str(free_port())) for a in argv]
+    assert main(["kafka", "start", "--port", str(free_port()), "--data-dir", str(tmp_path / "d"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "d" / "broker.pid").exists()
+
+
+def test_only_commands_that_talk_to_kafka_have_their_credentials_checked():
+    from streams.cli import build_parser, uses_kafka
+
+    parse = build_parser().parse_args
+    assert uses_kafka(parse(["run"])) and uses_kafka(parse(["serve"])) and uses_kafka(parse(["topics", "list"]))
+    assert uses_kafka(parse(["generate", "--kafka"])) and not uses_kafka(parse(["generate", "--out", "x"]))
+    assert not uses_kafka(parse(["run", "--embedded"])) and not uses_kafka(parse(["run", "--events", "e.jsonl"]))
+    assert not uses_kafka(parse(["kafka", "status"]))
+    from streams.settings import KafkaSettings
+
+    args = parse(["serve", "--bootstrap-servers", "b:1"])
+    assert KafkaSettings(topic_prefix="p.").with_args(args).model_dump(include={"bootstrap_servers", "topic_prefix"}) \
+        == {"bootstrap_servers": "b:1", "topic_prefix": "p."}
+
+
 def test_missing_mvn_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     broker = LocalKafka(BrokerSettings(cache_dir=tmp_path, port=free_port()))
