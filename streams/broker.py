@@ -50,11 +50,13 @@ appender.stdout.layout.pattern=[%d] %p %m (%c)%n
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-def server_properties(host: str, port: int, controller_port: int, log_dir: Path, sasl_port: int | None = None) -> str:
+def server_properties(host: str, port: int, controller_port: int, log_dir: Path, sasl_port: int | None = None,
+                      tls_keystore: Path | None = None) -> str:
     """KRaft single-node config: one process is broker and controller.
 
-    With ``sasl_port`` a second client listener there takes SASL/SCRAM (SHA-256 or SHA-512) over plaintext, for
-    clients configured as a secured deployment's are; the plaintext listener stays for the broker itself and
+    With ``sasl_port`` a second client listener there takes SASL/SCRAM (SHA-256 or SHA-512), for clients
+    configured as a secured deployment's are: over TLS (``SASL_SSL``) when ``tls_keystore`` names a PEM file with
+    the broker's key and certificate, else over plaintext. The plaintext listener stays for the broker itself and
     local administration (users are added through it, see :meth:`LocalKafka.add_scram_user`).
 
     >>> "listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093" in server_properties(
@@ -67,11 +69,15 @@ def server_properties(host: str, port: int, controller_port: int, log_dir: Path,
     protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
     sasl: list[str] = []
     if sasl_port is not None:
-        listeners.append(f"SASL_PLAINTEXT://{host}:{sasl_port}")
-        protocols += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+        name = "SASL_SSL" if tls_keystore is not None else "SASL_PLAINTEXT"
+        listeners.append(f"{name}://{host}:{sasl_port}")
+        protocols += f",{name}:{name}"
         sasl = [f"sasl.enabled.mechanisms={','.join(SCRAM_MECHANISMS)}"] + [
-            f"listener.name.sasl_plaintext.{m.lower()}.sasl.jaas.config="
+            f"listener.name.{name.lower()}.{m.lower()}.sasl.jaas.config="
             "org.apache.kafka.common.security.scram.ScramLoginModule required;" for m in SCRAM_MECHANISMS]
+        if tls_keystore is not None:
+            sasl += [f"listener.name.{name.lower()}.ssl.keystore.type=PEM",
+                     f"listener.name.{name.lower()}.ssl.keystore.location={tls_keystore}"]
     return "\n".join([
         "process.roles=broker,controller",
         "node.id=1",
@@ -94,6 +100,38 @@ def server_properties(host: str, port: int, controller_port: int, log_dir: Path,
         "log.retention.check.interval.ms=60000",
         "",
     ])
+
+
+def make_tls_files(directory: Path, host: str) -> tuple[Path, Path]:
+    """A throwaway CA and a broker certificate for ``host`` (IP or DNS name), made with ``openssl``; for a local
+    broker only. Returns ``(ca.pem, broker-keystore.pem)``; kept and reused when they exist."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca, keystore = directory / "ca.pem", directory / "broker-keystore.pem"
+    if ca.exists() and keystore.exists():
+        return ca, keystore
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("`openssl` not found: it makes the local broker's TLS certificate (apt-get install openssl)")
+    try:
+        kind = "IP" if socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host) else "DNS"
+    except OSError:
+        kind = "DNS"
+    (directory / "san.cnf").write_text(f"subjectAltName={kind}:{host},DNS:localhost\n")
+    d = str(directory)
+    for cmd in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=driftrag local CA",
+         "-keyout", f"{d}/ca.key", "-out", str(ca)],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={host}", "-keyout", f"{d}/broker.key",
+         "-out", f"{d}/broker.csr"],
+        ["x509", "-req", "-in", f"{d}/broker.csr", "-CA", str(ca), "-CAkey", f"{d}/ca.key", "-CAcreateserial",
+         "-days", "3650", "-extfile", f"{d}/san.cnf", "-out", f"{d}/broker.crt"],
+    ):
+        r = subprocess.run([openssl, *cmd], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"openssl {cmd[0]} failed: {r.stderr[-2000:]}")
+    # Kafka's PEM keystore: the PKCS#8 key, then the certificate chain, in one file.
+    keystore.write_text((directory / "broker.key").read_text() + (directory / "broker.crt").read_text())
+    return ca, keystore
 
 
 def new_cluster_id() -> str:
@@ -227,7 +265,8 @@ class LocalKafka:
         libs = self.fetch(progress)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "server.properties"
-        config.write_text(server_properties(s.host, s.port, cport, self.data_dir / "logs", s.sasl_port))
+        keystore = make_tls_files(self.tls_dir, s.host)[1] if s.sasl_port and s.sasl_tls else None
+        config.write_text(server_properties(s.host, s.port, cport, self.data_dir / "logs", s.sasl_port, keystore))
         log4j = self.data_dir / "log4j2.properties"
         log4j.write_text(_LOG4J)
         cp = f"{libs}/*"
@@ -295,6 +334,11 @@ class LocalKafka:
         return False
 
     @property
+    def tls_dir(self) -> Path:
+        """Where a TLS listener's throwaway CA (``ca.pem``: what clients trust) and broker certificate live."""
+        return self.data_dir / "tls"
+
+    @property
     def sasl_bootstrap(self) -> str | None:
         """host:port of the SASL/SCRAM listener, or None when the broker has none."""
         return f"{self.settings.host}:{self.settings.sasl_port}" if self.settings.sasl_port else None
@@ -345,12 +389,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sasl-port", type=int, help="with start: also a SASL/SCRAM listener on this port")
     p.add_argument("--scram-user", action="append", default=[], metavar="NAME:PASSWORD",
                    help="with start: create this SCRAM-SHA-256 user (repeatable; needs --sasl-port)")
+    p.add_argument("--tls", action="store_true",
+                   help="with --sasl-port: SASL over TLS (a throwaway CA in <data-dir>/tls/ca.pem for clients)")
 
 
 def run(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
     overrides = {k: v for k, v in {"port": args.port, "controller_port": args.controller_port,
                                    "data_dir": args.data_dir, "version": args.kafka_version,
-                                   "heap": args.heap, "sasl_port": args.sasl_port}.items() if v is not None}
+                                   "heap": args.heap, "sasl_port": args.sasl_port,
+                                   "sasl_tls": args.tls or None}.items() if v is not None}
     # model_validate (not model_copy): a bad --port is a clear validation error, not a broken broker.
     broker = LocalKafka(BrokerSettings.model_validate({**settings.broker.model_dump(), **overrides}))
 
@@ -366,7 +413,11 @@ def run(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
                 raise ValueError("--scram-user needs a SASL listener: add --sasl-port")
             if any(not name or not sep or not pw for name, sep, pw in users):
                 raise ValueError("--scram-user takes NAME:PASSWORD")
+            if broker.settings.sasl_tls and broker.settings.sasl_port is None:
+                raise ValueError("--tls secures the SASL listener: add --sasl-port")
             broker.start(say)
+            if broker.settings.sasl_port and broker.settings.sasl_tls:
+                say(f"SASL_SSL on {broker.sasl_bootstrap}; clients trust {broker.tls_dir / 'ca.pem'}")
             for name, _, pw in users:
                 broker.add_scram_user(name, pw)
                 say(f"SCRAM-SHA-256 user {name!r} on {broker.sasl_bootstrap}")

@@ -1,8 +1,8 @@
-"""A secured broker: the project's real Kafka broker with a SASL/SCRAM listener.
+"""A secured broker: the project's real Kafka broker with a SASL/SCRAM listener over TLS (SASL_SSL).
 
-With the right credentials in ``DRIFTRAG_KAFKA__CLIENT_CONFIG``, `topics create`, `generate --kafka`, the stream job
-and `serve` work end to end over the SASL listener; with wrong ones each exits non-zero with one clear error line
-(no password in it), instead of a client retrying for ever.
+With the right credentials and CA in ``DRIFTRAG_KAFKA__CLIENT_CONFIG``, `topics create`, `generate --kafka`, the
+stream job and `serve` work end to end over that listener; with a wrong password, or without the CA, each exits
+non-zero with one clear error line (no password in it), instead of a client retrying for ever.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ USER, PASSWORD = "driftrag-job", "correct-horse-battery"
 @pytest.fixture(scope="module")
 def sasl_broker(tmp_path_factory):
     port, controller, sasl = free_ports(3)
-    broker = LocalKafka(BrokerSettings(port=port, controller_port=controller, sasl_port=sasl,
+    broker = LocalKafka(BrokerSettings(port=port, controller_port=controller, sasl_port=sasl, sasl_tls=True,
                                        cache_dir=Settings().broker.cache_dir,
                                        data_dir=tmp_path_factory.mktemp("sasl-kafka"), heap="384m"))
     try:
@@ -42,9 +42,11 @@ def sasl_broker(tmp_path_factory):
         broker.stop()
 
 
-def _env(broker: LocalKafka, prefix: str, password: str, tmp: Path) -> dict[str, str]:
-    client = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": "SCRAM-SHA-256",
+def _env(broker: LocalKafka, prefix: str, password: str, tmp: Path, trust: bool = True) -> dict[str, str]:
+    client = {"security.protocol": "SASL_SSL", "sasl.mechanisms": "SCRAM-SHA-256",
               "sasl.username": USER, "sasl.password": password}
+    if trust:
+        client["ssl.ca.location"] = str(broker.tls_dir / "ca.pem")
     return {**os.environ, "DRIFTRAG_KAFKA__BOOTSTRAP_SERVERS": broker.sasl_bootstrap,
             "DRIFTRAG_KAFKA__TOPIC_PREFIX": prefix, "DRIFTRAG_KAFKA__CLIENT_CONFIG": json.dumps(client),
             "DRIFTRAG_CLUSTERS__CODEBOOK_DIR": str(tmp / "codebooks"), "DRIFTRAG_CLUSTERS__K": "8"}
@@ -98,3 +100,10 @@ def test_wrong_credentials_are_one_clear_line_and_a_nonzero_exit(sasl_broker, tm
     assert lines[0].startswith(f"driftrag {command[0]}: error: Kafka at {sasl_broker.sasl_bootstrap} refused")
     assert f"user {USER!r} (SCRAM-SHA-256)" in lines[0] and "Authentication failed" in lines[0]
     assert "not-the-password" not in r.stderr + r.stdout
+
+
+def test_an_untrusted_broker_certificate_is_one_clear_line(sasl_broker, tmp_path):
+    r = _cli(["run"], _env(sasl_broker, "untrusted.", PASSWORD, tmp_path, trust=False), timeout=120)
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "SSL handshake failed" in lines[0] and "certificate verify failed" in lines[0], lines
