@@ -4,6 +4,10 @@
 already holds (a restored snapshot's, or the beginning), applies each polled batch as one index version with the
 offsets it reaches, and saves a snapshot now and then. Several replicas can follow the same topic: each builds
 the same index. Readiness: the follower has caught up with the topic's end offsets as they were when it started.
+
+Metrics: ``driftrag_changelog_lag_messages{partition}`` (messages of each changelog partition not applied yet,
+measured every few seconds with :class:`streams.lag.LagProbe`, the stream job's helper too) and
+``driftrag_index_last_applied_timestamp_seconds`` (wall clock when the follower last applied a batch).
 """
 
 from __future__ import annotations
@@ -18,13 +22,21 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
+from prometheus_client import Gauge
 
 from index.live import LiveIndex
 from index.mutations import Mutation, MutationError, decode
+from streams.lag import LagProbe
 
 __all__ = ["ChangelogFollower", "LazyEncoder"]
 
 log = logging.getLogger(__name__)
+
+# Labels: changelog partitions only (a bounded set: the topic's partition count).
+CHANGELOG_LAG = Gauge("driftrag_changelog_lag_messages",
+                      "Changelog messages not applied yet: high watermark minus next offset to read", ["partition"])
+LAST_APPLIED = Gauge("driftrag_index_last_applied_timestamp_seconds",
+                     "Wall clock (epoch s) when the changelog follower last applied a mutation batch (0: never)")
 
 
 class LazyEncoder:
@@ -116,6 +128,7 @@ class ChangelogFollower:
                  self._targets)
         positions = {p: held.get(p, 0) for p in parts}
         self._check_caught_up(positions)
+        probe = LagProbe(consumer, self.topic)
         last_snapshot = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -136,20 +149,28 @@ class ChangelogFollower:
                 if reached:
                     self.live.apply(batch, offsets={self.topic: reached})
                     self.applied += len(batch)
+                    LAST_APPLIED.set(time.time())
                     positions.update(reached)
                     self._check_caught_up(positions)
                 elif not self.caught_up.is_set():
-                    # Compaction can leave the end offset past the last record: ask where we really are.
-                    for tp in consumer.position([TopicPartition(self.topic, p) for p in parts]):
-                        if tp.offset >= 0:
-                            positions[tp.partition] = max(positions[tp.partition], tp.offset)
+                    self._advance(consumer, positions)
                     self._check_caught_up(positions)
+                if probe.due():  # every few seconds
+                    self._advance(consumer, positions)
+                    for p, lag in probe.poll(positions).items():
+                        CHANGELOG_LAG.labels(str(p)).set(lag)
                 if self.snapshot_dir is not None and time.monotonic() - last_snapshot >= self.snapshot_interval_s:
                     if self.live.version != self._snapshotted_version:
                         self._snapshot()
                     last_snapshot = time.monotonic()
         finally:
             consumer.close()
+
+    def _advance(self, consumer: Consumer, positions: dict[int, int]) -> None:
+        """Compaction can leave the end offset past the last record: ask the consumer where it really is."""
+        for tp in consumer.position([TopicPartition(self.topic, p) for p in positions]):
+            if tp.offset >= 0:
+                positions[tp.partition] = max(positions[tp.partition], tp.offset)
 
     def _check_caught_up(self, positions: dict[int, int]) -> None:
         if not self.caught_up.is_set() and all(positions.get(p, 0) >= t for p, t in self._targets.items()):

@@ -39,6 +39,7 @@ from operators.item_join import OrderedItemJoin
 from operators.microbatch import MicroBatcher
 from streams.contract import ContentEvent, Engagement
 from streams.errors import GuardedLogic, guard_batch
+from streams.metrics import track_embed_queue
 
 CACHE_LOOKUPS = Counter("driftrag_embedding_cache_total",
                         "Embedding cache lookups: hit (memory), store (on disk), miss (embedded)", ["result"])
@@ -291,4 +292,5 @@ def _micro_batch_logic(config: ClusteringConfig, resume: list[Any] | None,
                        known: Callable[[str], bool] | None = None) -> MicroBatchLogic:
     batcher: MicroBatcher[ContentEvent] = MicroBatcher(config.max_batch, config.max_latency_s)
     batcher.restore(resume or [], time.monotonic())
+    track_embed_queue(batcher)  # driftrag_embed_queue_depth, read at scrape time
     return MicroBatchLogic(batcher, known=known)

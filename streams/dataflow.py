@@ -16,6 +16,11 @@
 
 The events sink is where the next stages (transitions, drift, index) attach.
 Every step is a named function that can be tested alone.
+
+``count_*`` steps pass batches through unchanged and add their lengths to ``driftrag_step_records_total{step,
+direction}`` (one increment per batch and label): records into and out of validate, content (embedding and the
+item join), transitions, drift and index (mutations). A stream that leaves one step and enters others is counted
+for each in one step.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from streams.contract import ContentEvent, DeadLetter, Engagement, Validator, de
 from streams.drift_stage import drift_alerts_and_status
 from streams.errors import guard_batch
 from streams.index_stage import index_mutations
-from streams.metrics import DEAD_LETTERS
+from streams.metrics import DEAD_LETTERS, STEP_RECORDS
 from streams.sinks import KeyedValue
 from streams.transitions_stage import mine_successors
 
@@ -48,6 +53,22 @@ def write(step_id: str, stream: Stream[Any], sink: Sink) -> None:
 
 def _keyed(x: Any) -> tuple[str, Any]:
     return "", x
+
+
+def count(step_id: str, stream: Stream[Any], *labels: tuple[str, str]) -> Stream[Any]:
+    """``stream`` unchanged, each batch's length added to ``driftrag_step_records_total`` for every ``(step,
+    direction)`` of ``labels`` (none: ``stream`` itself, no step)."""
+    if not labels:
+        return stream
+    counters = [STEP_RECORDS.labels(step, direction) for step, direction in labels]
+
+    def inc(batch: list[Any]) -> list[Any]:
+        n = len(batch)
+        for c in counters:
+            c.inc(n)
+        return batch
+
+    return op.flat_map_batch(step_id, stream, inc)
 
 
 def is_dead_letter(x: Engagement | ContentEvent | DeadLetter) -> bool:
@@ -81,37 +102,48 @@ def build_flow(
     flow_id: str = "driftrag",
 ) -> Dataflow:
     flow = Dataflow(flow_id)
-    raw = op.input("read", flow, source)
+    raw = count("count_read", op.input("read", flow, source), ("validate", "in"))
     checked = op.flat_map_batch("validate", raw, guard_batch("validate", validator.validate_batch))
     split = op.branch("split_dead_letters", checked, is_dead_letter)
     dead = op.map("encode_dead_letter", split.trues, encode_dead_letter)
     write("write_dead_letters", dead, dead_letter_sink)
-    valid = split.falses
+    valid = count("count_valid", split.falses, ("validate", "out"), *[("content", "in")] * (clustering is not None))
     if valid_sink is not None:
         write("write_valid", valid, valid_sink)
     if clustering is None:
         write("write_events", valid, events_sink)
         return flow
     items, clustered = cluster_events(valid, clustering)
+    later = pairs_sink is not None or mutations_sink is not None or drift_monitor is not None
+    drift = [("drift", "in")] * (drift_monitor is not None)
+    index = [("index", "in")] * (mutations_sink is not None)
+    items = count("count_items", items, ("content", "out"), *drift, *index)
+    clustered = count("count_clustered", clustered, ("content", "out"), *[("transitions", "in")] * later, *drift)
     if items_sink is not None:
         write("write_items", items, items_sink)
     write("write_events", clustered, events_sink)
     if pairs_sink is None and mutations_sink is None and drift_monitor is None:
         return flow
     triples, pair_states = mine_successors(clustered, half_life_ms=half_life_ms, trend_window_ms=trend_window_ms)
+    pair_states = count("count_pair_states", pair_states, ("transitions", "out"), *index)
     if pairs_sink is not None:
         write("write_pairs", pair_states, pairs_sink)
     drift_status = None
     if drift_monitor is not None:
+        triples = count("count_triples", triples, ("drift", "in"))
         alerts, drift_status, cadence_events = drift_alerts_and_status(items, clustered, triples, drift_monitor,
                                                                        cadence, engagement_partitions)
+        alerts = count("count_alerts", alerts, ("drift", "out"))
+        cadence_events = count("count_cadence", cadence_events, ("drift", "out"))
+        drift_status = count("count_drift_status", drift_status, ("drift", "out"), *index)
         if alerts_sink is not None:
             write("write_alerts", alerts, alerts_sink)
         if cadence_sink is not None:
             write("write_cadence", cadence_events, cadence_sink)
     if mutations_sink is not None:
-        mutations = index_mutations(items, tally_items(clustered), pair_states)
+        tallies = count("count_tallies", tally_items(clustered), ("index", "in"))
+        mutations = index_mutations(items, tallies, pair_states)
         if drift_status is not None:
             mutations = op.merge("index_and_drift_mutations", mutations, drift_status)
-        write("write_index_mutations", mutations, mutations_sink)
+        write("write_index_mutations", count("count_mutations", mutations, ("index", "out")), mutations_sink)
     return flow

@@ -21,6 +21,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient
 
 from streams.contract import RawMessage, parse_ts
+from streams.lag import LagProbe
+from streams.metrics import CONSUMER_LAGS
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,10 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
         self._checked = time.monotonic()
         self._gone = 0  # consecutive metadata checks that did not find the partition
         self._warned = 0.0
+        # driftrag_consumer_lag_messages and the job's /readyz: measured every few seconds from the watermarks
+        # librdkafka caches (no broker round trip on the worker's thread).
+        self._lag = LagProbe(self._consumer, topic)
+        CONSUMER_LAGS.register(topic, partition)
 
     def _check_topic(self) -> None:
         """Raise :class:`SourceGone` when the partition is no longer in the broker's metadata."""
@@ -104,6 +110,7 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
                 if err.code() == KafkaError._PARTITION_EOF:
                     if not self._tail:
                         self._eof = True
+                        CONSUMER_LAGS.update(topic, {part: 0})  # read up to the end: nothing left
                     continue
                 if _transient(err):  # the broker is away or moving: librdkafka reconnects and resumes by itself
                     self._warn_transient(err)
@@ -119,6 +126,8 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
             self._awake = datetime.now(UTC) + _IDLE_BACKOFF
             if time.monotonic() - self._checked > _TOPIC_CHECK_S:
                 self._check_topic()
+        if self._lag.due() and not self._eof:
+            CONSUMER_LAGS.update(topic, self._lag.poll({part: self._offset}))
         return batch
 
     def _warn_transient(self, err: KafkaError) -> None:
