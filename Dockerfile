@@ -5,7 +5,8 @@
 # Toolkit on the host, see README "With Docker Compose"):
 #   docker build --build-arg VARIANT=gpu -t driftrag:gpu .
 # swaps in CUDA torch and the `gpu` extra's faiss-gpu-cu12 and onnxruntime-gpu (same modules as the CPU builds:
-# never both in one environment).
+# never both in one environment; the extra is installed with its CUDA dependencies, the CPU builds removed, and
+# the GPU builds written again over the files that removal took).
 FROM python:3.11-slim
 
 ARG VARIANT=cpu
@@ -36,9 +37,9 @@ COPY deploy/docker/healthcheck.py /usr/local/bin/driftrag-healthcheck
 RUN set -eux; \
     case "$VARIANT" in \
       cpu) pip install --index-url "$TORCH_INDEX_URL" torch; pip install . ;; \
-      gpu) pip install --index-url "$TORCH_GPU_INDEX_URL" torch; pip install .; \
+      gpu) pip install --index-url "$TORCH_GPU_INDEX_URL" torch; pip install '.[gpu]'; \
            pip uninstall -y faiss-cpu onnxruntime; \
-           pip install --no-deps $(python -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["gpu"]))') ;; \
+           pip install --force-reinstall --no-deps $(python -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["gpu"]))') ;; \
       *) echo "VARIANT must be cpu or gpu, got $VARIANT" >&2; exit 1 ;; \
     esac; \
     chmod 0755 /usr/local/bin/driftrag-healthcheck; \

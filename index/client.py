@@ -2,9 +2,11 @@
 
 Usage::
 
+    import os
+
     from index.client import DriftragClient, DriftragError
 
-    with DriftragClient("http://127.0.0.1:8000") as api:
+    with DriftragClient("http://127.0.0.1:8000", token=os.environ.get("DRIFTRAG_TOKEN")) as api:
         if api.ready():
             ctx = api.context(history=["item-17", "item-4"], k=3)
             print(ctx["prompt"])                      # paste into the LLM prompt
@@ -14,9 +16,10 @@ Usage::
         except DriftragError as e:
             print(e.status, e.error, e.detail)        # 404 not_found cluster 999 does not exist ...
 
-Every non-2xx answer raises :class:`DriftragError` with the server's ``error`` code and ``detail``; a server that
-cannot be reached raises it with ``status=None`` and ``error="unreachable"`` (``"timeout"`` when the server
-accepted the request but did not answer in time).
+Every non-2xx answer raises :class:`DriftragError` with the server's ``error`` code and ``detail`` (401
+``unauthorized`` without a valid token, 429 ``busy`` with ``retry_after`` set); a server that cannot be reached
+raises it with ``status=None`` and ``error="unreachable"`` (``"timeout"`` when the server accepted the request but
+did not answer in time).
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ __all__ = ["DriftragClient", "DriftragError"]
 class DriftragError(Exception):
     """An error answer (``status`` 4xx/5xx), or ``status=None`` when the server could not be reached."""
 
-    def __init__(self, status: int | None, error: str, detail: str) -> None:
+    def __init__(self, status: int | None, error: str, detail: str, retry_after: float | None = None) -> None:
         super().__init__(f"{status or 'no answer'} {error}: {detail}")
         self.status = status
         self.error = error
         self.detail = detail
+        self.retry_after = retry_after  # seconds, from a 429's Retry-After
 
 
 def _plain(values: Any) -> Any:
@@ -46,11 +50,13 @@ def _plain(values: Any) -> Any:
 
 
 class DriftragClient:
-    """Client for one query API at ``base_url``; ``timeout`` (s) applies to connecting and to each answer."""
+    """Client for one query API at ``base_url``; ``timeout`` (s) applies to connecting and to each answer;
+    ``token``: a bearer token (scope ``read``, or ``admin`` for the admin calls) where the service has tokens."""
 
-    def __init__(self, base_url: str, timeout: float = 5.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 5.0, token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
 
     # -- transport -----------------------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
@@ -76,7 +82,11 @@ class DriftragClient:
             error, detail = str(body["error"]), str(body["detail"])
         except (ValueError, KeyError, TypeError):
             error, detail = f"http_{resp.status_code}", resp.text[:500]
-        raise DriftragError(resp.status_code, error, detail)
+        try:
+            retry_after = float(resp.headers["retry-after"])
+        except (KeyError, ValueError):
+            retry_after = None
+        raise DriftragError(resp.status_code, error, detail, retry_after)
 
     def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         resp = self._request(method, path, body)
@@ -107,13 +117,22 @@ class DriftragClient:
             body["vector"] = _plain(vector)
         return self._json("POST", "/v1/search", body)
 
-    def cluster(self, cluster_id: int) -> dict[str, Any]:
-        return self._json("GET", f"/v1/clusters/{cluster_id}")
-
+    def cluster(self, cluster_id: int, k: int | None = None) -> dict[str, Any]:
+        query = "" if k is None else f"?k={int(k)}"
+        return self._json("GET", f"/v1/clusters/{int(cluster_id)}{query}")
 
     def drift(self, limit: int = 50) -> dict[str, Any]:
         """``GET /v1/drift``: clusters ranked by their current drift score."""
         return self._json("GET", f"/v1/drift?limit={int(limit)}")
+
+    def snapshot(self) -> dict[str, Any]:
+        """``POST /v1/admin/snapshot`` (an admin token): save an index snapshot now."""
+        return self._json("POST", "/v1/admin/snapshot")
+
+    def access(self) -> dict[str, Any]:
+        """``GET /v1/admin/access`` (an admin token): token names and scopes, and the limits in force."""
+        return self._json("GET", "/v1/admin/access")
+
     def health(self) -> dict[str, Any]:
         return self._json("GET", "/healthz")
 

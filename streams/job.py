@@ -1,6 +1,8 @@
 """`driftrag run`: build the dataflow for Kafka, files or the embedded generator, and run it.
 
-Bytewax's worker/process/recovery options pass straight through to ``bytewax.run.cli_main``.
+Bytewax's worker/process/recovery options pass straight through to ``bytewax.run.cli_main``. The job's HTTP
+endpoints (/metrics, /healthz, /readyz) are ``streams/observability.py``; its summary and progress lines
+``streams/report.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 from confluent_kafka import Producer
-from prometheus_client import REGISTRY
 
 from operators.content import ContentEmbedder, EmbeddedItem
 from operators.embedding import make_embedder, model_id
@@ -33,7 +34,9 @@ from streams.content_stage import ClusteredEngagement, ClusteringConfig
 from streams.contract import ContentEvent, DeadLetter, Engagement, RawMessage, Validator, dead_letter_key
 from streams.dataflow import build_flow
 from streams.errors import ERRORS, ErrorBudgetExceeded
-from streams.metrics import EVENTS_VALID
+from streams.metrics import CONSUMER_LAGS, EVENT_TIME, EVENTS_VALID, MUTATIONS_PRODUCED
+from streams.observability import JobEndpoints, JobStatus
+from streams.report import JobReport
 from streams.settings import Settings
 from streams.sinks import (
     AlertSink,
@@ -75,16 +78,6 @@ def item_to_json(i: EmbeddedItem) -> bytes:
 
 
 _cluster_of = operator.attrgetter("cluster")
-
-
-def _unresolved() -> int:
-    return int(REGISTRY.get_sample_value("driftrag_engagements_unresolved_total") or 0)
-
-
-def _embedding_lookups() -> dict[str, int]:
-    """Content-stage lookups so far in this process: hit (memory), store (on disk), miss (the model ran)."""
-    return {r: int(REGISTRY.get_sample_value("driftrag_embedding_cache_total", {"result": r}) or 0)
-            for r in ("hit", "store", "miss")}
 
 
 def say(msg: str) -> None:
@@ -136,6 +129,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     api.add_argument("--no-api", action="store_true", help="keep the live index in process but serve no HTTP API")
     api.add_argument("--keep-serving", action="store_true",
                      help="after the input ends, keep serving the API until Ctrl-C")
+    obs = p.add_argument_group("job endpoints (/metrics, /healthz, /readyz; every mode)")
+    obs.add_argument("--metrics-port", type=int,
+                     help="port of the job's endpoints (default: settings.run.metrics_port, 9108; 0: any free port; "
+                     "-1: none; a multi-process job adds its process id)")
+    obs.add_argument("--metrics-host", help="address of the job's endpoints (default: settings.run.metrics_host)")
+    obs.add_argument("--no-metrics", action="store_true", help="serve no job endpoints (as --metrics-port -1)")
     p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
 
 
@@ -144,7 +143,9 @@ def _apply_overrides(args: argparse.Namespace, settings: Settings) -> Settings:
         "bootstrap_servers": args.bootstrap_servers, "topic_prefix": args.topic_prefix}.items() if v is not None})
     run = settings.run.model_copy(update={k: v for k, v in {
         "workers_per_process": args.workers_per_process, "recovery_dir": args.recovery_dir,
-        "snapshot_interval_s": args.snapshot_interval, "backup_interval_s": args.backup_interval}.items()
+        "snapshot_interval_s": args.snapshot_interval, "backup_interval_s": args.backup_interval,
+        "metrics_port": -1 if getattr(args, "no_metrics", False) else getattr(args, "metrics_port", None),
+        "metrics_host": getattr(args, "metrics_host", None)}.items()
         if v is not None})
     embedding = settings.embedding.model_validate({**settings.embedding.model_dump(), **{
         k: v for k, v in {"backend": args.backend, "model": args.model}.items() if v is not None}})
@@ -159,12 +160,18 @@ def _apply_overrides(args: argparse.Namespace, settings: Settings) -> Settings:
 class Job:
     """One configured run: the source, the sinks, counters for progress, and the Bytewax flow."""
 
-    def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
+    def __init__(self, args: argparse.Namespace, settings: Settings, *, status: JobStatus | None = None,
+                 endpoints: JobEndpoints | None = None) -> None:
+        """``status`` and ``endpoints``: the job's endpoints, where the caller started them before building the
+        job (``run`` does, so /healthz answers while the model and codebook load); otherwise :meth:`run` starts
+        them."""
         self.settings = settings = _apply_overrides(args, settings)
         self.args = args
         # `driftrag replay`: files merged in event-time order, every text embedded before the stream starts
         # (so no engagement waits on a model call), one worker: the result depends on the events alone.
         self.replay = bool(getattr(args, "replay", False))
+        self.status = status if status is not None else JobStatus(job_mode(args))
+        self.endpoints = endpoints
         self.counts = Tallies()  # one part per output: under recovery each is snapshotted with its output
         k = settings.kafka
         self.validator = Validator.from_settings(settings)
@@ -203,8 +210,7 @@ class Job:
         else:
             self.dead_letter_sink = CallbackSink(lambda items: None)
         ERRORS.configure(settings.run.max_processing_errors, self._processing_error_writer(out))
-        self._unresolved_at_start = _unresolved()
-        self._lookups_at_start = _embedding_lookups()
+        self.report = JobReport(self)  # summary and progress (streams/report.py)
         self.warm_cache: dict[str, int] | None = None  # texts embedded up front (replay, --warm-cache)
         self.pairs: dict[tuple[int, int], PairState] = {}
         self._pairs_lock = threading.Lock()
@@ -268,7 +274,8 @@ class Job:
         if url:
             from streams.webhook import WebhookNotifier
 
-            self.webhook = WebhookNotifier(url, timeout_s=ds.webhook_timeout_s, max_attempts=ds.webhook_max_attempts)
+            self.webhook = WebhookNotifier(url, timeout_s=ds.webhook_timeout_s, max_attempts=ds.webhook_max_attempts,
+                                           secret=ds.signing_secret())
         k = self.settings.kafka
         if self.mode == "kafka":
             sink = AlertSink(kafka_config=k.client(), topic=k.topic("drift_alerts"), webhook=self.webhook,
@@ -325,7 +332,8 @@ class Job:
             part = sink.build("publish_codebook", 0, 1)
             part.write_batch([cb_mutation])  # replicas need the clusters before the first pair; idempotent
             part.close()
-            return sink
+            MUTATIONS_PRODUCED.labels("codebook").inc()
+            return CountingSink(sink, _count_mutations)
         from index.live import LiveIndex
         from index.service import LazyEncoder
 
@@ -334,13 +342,14 @@ class Job:
         self.live = LiveIndex(backend=ix.backend, approx_threshold=ix.approx_threshold, min_support=ix.min_support,
                               encoder=encoder if ix.text_search else None)
         self.live.apply([cb_mutation])
-        return LiveIndexSink(self.live)
+        MUTATIONS_PRODUCED.labels("codebook").inc()
+        return CountingSink(LiveIndexSink(self.live), _count_mutations)
 
     def _start_api(self) -> None:
         from index.http import create_app, serve_in_thread
 
         ix = self.settings.index
-        app = create_app(self.live)
+        app = create_app(self.live, settings=ix)  # tokens and limits; an exposed host without tokens: ValueError
         try:
             self.server = serve_in_thread(app, host=ix.host, port=ix.port)
         except OSError as e:
@@ -353,7 +362,7 @@ class Job:
 
     def _show_context(self, final: bool = False) -> None:
         """Ask the live API what it would tell an LLM about the busiest pair: the whole path, end to end."""
-        busiest = self._busiest_pairs(1)
+        busiest = self.report.busiest_pairs(1)
         if self.live is None or not busiest:
             return
         pair = list(busiest[0].pair)
@@ -361,7 +370,7 @@ class Job:
             if self.server is not None:
                 from index.client import DriftragClient
 
-                with DriftragClient(self.server.url) as client:
+                with DriftragClient(self.server.url, token=self.server.token) as client:
                     ctx = client.context(clusters=pair, k=3)
             else:
                 ctx = self.live.context(clusters=pair, k=3)
@@ -562,6 +571,8 @@ class Job:
         return list(texts.values())[:n]
 
     def _count_events(self, items: list[Engagement | ContentEvent]) -> None:
+        if items:
+            EVENT_TIME.observe(max(e.ts_ms for e in items))  # the event-time watermark (streams/metrics.py)
         n_eng = sum(1 for e in items if type(e) is Engagement)
         if n_eng:
             self.counts.add("engagements", n_eng, part="valid")
@@ -609,85 +620,24 @@ class Job:
         return to_file
 
     def summary(self, seconds: float) -> dict[str, Any]:
-        c = self.counts.snapshot()
-        dead = {k.split(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("dead_letter:")}
-        valid = c.get("engagements", 0) + c.get("items", 0)
-        total = valid + sum(dead.values())
-        return {
-            "mode": "replay" if self.replay else self.mode,
-            "messages": total,
-            "engagements": c.get("engagements", 0),
-            "content_events": c.get("items", 0),
-            "dead_letter": sum(dead.values()),
-            "dead_letter_by_reason": dead,
-            # Valid records a dataflow step failed on (also dead-lettered, reason processing_error), by step.
-            "processing_errors": ERRORS.count,
-            "processing_errors_by_step": dict(sorted(ERRORS.by_step.items())),
-            "seconds": round(seconds, 3),
-            "messages_per_s": round(total / seconds, 1) if seconds > 0 else None,
-            **self._cluster_summary(c),
-        }
-
-    def _cluster_summary(self, c: dict[str, int]) -> dict[str, Any]:
-        if self.clustering is None:
-            return {}
-        sizes = {int(k.split(":", 1)[1]): v for k, v in c.items() if k.startswith("cluster_items:")}
-        top = sorted(sizes.items(), key=lambda kv: -kv[1])[:5]
-        return {
-            "codebook": self.codebook.version,
-            "items_assigned": c.get("items_assigned", 0),
-            "novel_items": c.get("novel_items", 0),
-            "engagements_clustered": c.get("clustered_engagements", 0),
-            # What fell out of the bounded wait for content during this run (the metric is process-wide).
-            "engagements_unresolved": _unresolved() - self._unresolved_at_start,
-            # Content texts in the stream: vector from memory, from the on-disk store, or embedded by the model.
-            "embedding_lookups": {r: n - self._lookups_at_start[r] for r, n in _embedding_lookups().items()},
-            **({"warm_cache": self.warm_cache} if self.warm_cache else {}),
-            "top_clusters": [{"cluster": k, "label": self.codebook.label(k), "items": n} for k, n in top],
-            "triples": c.get("triples", 0),
-            "pairs": len(self.pairs),
-            "busiest_pairs": [self._pair_json(p) for p in self._busiest_pairs(3)],
-            "alerts": sum(v for k, v in c.items() if k.startswith("alert:")),
-            "cadence": {"rag_refresh": c.get("cadence:rag_refresh", 0),
-                        "pairs_refreshed": c.get("cadence_pairs_refreshed", 0),
-                        "fine_tune": c.get("cadence:fine_tune", 0), "fine_tune_ms": list(self.finetunes)},
-            "alerts_by_kind": {k.split(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("alert:")},
-            **self._index_summary(),
-        }
-
-    def _index_summary(self) -> dict[str, Any]:
-        if self.live is None:
-            return {}
-        lags = sorted(self.live.freshness_ms)
-        pick = (lambda q: round(lags[min(len(lags) - 1, int(q * len(lags)))], 1)) if lags else (lambda q: None)
-        out = {k: v for k, v in self.live.summary().items() if k != "offsets"}
-        return {"index": {**out, "freshness_p50_ms": pick(0.5), "freshness_p99_ms": pick(0.99)}}
-
-    def _busiest_pairs(self, n: int | None = None) -> list[PairState]:
-        with self._pairs_lock:
-            return sorted(self.pairs.values(), key=lambda s: (-s.support, s.pair))[:n]
-
-    def _clusters_json(self) -> dict[str, Any]:
-        """The codebook's clusters with what this run saw of them: items assigned, engagements, drift status."""
-        c = self.counts.snapshot()
-        drift = {} if self.live is None else self.live.drift
-        cb = self.codebook
-        return {"codebook": cb.version, "model": cb.model, "k": cb.k, "clusters": [
-            {"cluster": i, "label": cb.label(i), "keywords": list(cb.keywords[i]),
-             "items": c.get(f"cluster_items:{i}", 0), "engagements": c.get(f"cluster_engagements:{i}", 0),
-             "drift": drift.get(i)} for i in range(cb.k)]}
-
-    def _pair_json(self, st: PairState, top_k: int | None = -1) -> dict[str, Any]:
-        """A pair's state as JSON: its ``top_k`` successors (default: settings.transitions.top_k; None: all)."""
-        label = self.codebook.label
-        k = self.settings.transitions.top_k if top_k == -1 else top_k
-        return {"pair": list(st.pair), "labels": [label(st.pair[0]), label(st.pair[1])],
-                "support": round(st.support, 2), "ts_ms": st.ts_ms,
-                "successors": [{"cluster": s.cluster, "label": label(s.cluster), "score": round(s.score, 4),
-                                "count": round(s.count, 2), "trend": round(s.trend, 4)}
-                               for s in st.successors[:k]]}
+        """The run's summary so far (streams/report.py)."""
+        return self.report.summary(seconds)
 
     def run(self) -> dict[str, Any]:
+        """Run the dataflow to its end (or Ctrl-C); returns the summary. Starts the job's endpoints unless the
+        caller did, and stops those it started."""
+        own = self.endpoints is None
+        if own:
+            self.endpoints = start_endpoints(self.args, self.settings, self.status)
+            if self.endpoints is not None:
+                say(f"job endpoints at {self.endpoints.url} (/metrics, /healthz, /readyz)")
+        try:
+            return self._run()
+        finally:
+            if own and self.endpoints is not None:
+                self.endpoints.stop()
+
+    def _run(self) -> dict[str, Any]:
         rs = self.settings.run
         recovery = None
         if rs.recovery_dir is not None:
@@ -701,9 +651,12 @@ class Job:
             gc.set_threshold(rs.gc_threshold, *gc_before[1:])
         t0 = time.monotonic()
         stop = threading.Event()
-        ticker = threading.Thread(target=self._progress, args=(t0, stop), daemon=True)
+        ticker = threading.Thread(target=self.report.progress, args=(t0, stop), daemon=True)
         ticker.start()
+        CONSUMER_LAGS.reset()  # this run's partitions register as they are built
+        EVENT_TIME.reset()
         try:
+            self.status.running()
             cli_main(
                 self.flow,
                 workers_per_process=rs.workers_per_process,
@@ -736,6 +689,11 @@ class Job:
             stop.set()
             gc.set_threshold(*gc_before)
             gc.unfreeze()
+            failure = sys.exc_info()[1]  # the exception leaving this block, if any
+            if failure is None:
+                self.status.stopped("the dataflow ended (input done or interrupted)")
+            else:
+                self.status.failed(f"{type(failure).__name__}: {failure}")
         summary = self.summary(time.monotonic() - t0)
         self._show_context(final=True)
         if self.server is not None:
@@ -750,24 +708,32 @@ class Job:
         if self.webhook is not None:
             self.webhook.close()
         if self.args.out is not None:
-            (self.args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-            if self.clustering is not None:
-                pairs = [self._pair_json(p, top_k=None) for p in self._busiest_pairs()]
-                (self.args.out / "successors.json").write_text(json.dumps(pairs, indent=1) + "\n")
-                (self.args.out / "clusters.json").write_text(json.dumps(self._clusters_json(), indent=1) + "\n")
+            self.report.write(self.args.out, summary)
         return summary
 
-    def _progress(self, t0: float, stop: threading.Event) -> None:
-        every = self.args.progress_every
-        while not stop.wait(every):
-            s = self.summary(time.monotonic() - t0)
-            print(
-                f"[driftrag] {s['seconds']:.0f}s: {s['messages']:,} messages "
-                f"({s['engagements']:,} engagements, {s['content_events']:,} content, "
-                f"{s['dead_letter']:,} dead-letter) {s['messages_per_s'] or 0:,.0f} msg/s",
-                file=sys.stderr, flush=True,
-            )
-            self._show_context()
+def job_mode(args: argparse.Namespace) -> str:
+    """The mode ``args`` run in: ``embedded``, ``replay``, ``files`` or ``kafka``."""
+    if args.embedded:
+        return "embedded"
+    if args.events is not None:
+        return "replay" if getattr(args, "replay", False) else "files"
+    return "kafka"
+
+
+def start_endpoints(args: argparse.Namespace, settings: Settings, status: JobStatus) -> JobEndpoints | None:
+    """The job's endpoints (streams/observability.py) as its settings and flags say; None where turned off. A port
+    given with ``--metrics-port`` must be free; the configured one falls back to a free port when busy."""
+    rs = settings.run
+    return JobEndpoints.start(status, host=rs.metrics_host, metrics_port=rs.metrics_port,
+                              process_id=args.process_id, max_lag=rs.ready_max_lag,
+                              strict=getattr(args, "metrics_port", None) is not None)
+
+
+def _count_mutations(mutations: list[Any]) -> None:
+    """``driftrag_index_mutations_produced_total{kind}``: one increment per kind and batch."""
+    kinds = collections.Counter(m.key.partition(":")[0] for m in mutations)
+    for kind, n in kinds.items():
+        MUTATIONS_PRODUCED.labels(kind).inc(n)
 
 
 def _recovery_config(db_dir: Path, backup_interval_s: float, args: argparse.Namespace) -> RecoveryConfig:
@@ -830,12 +796,26 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.items is not None and args.events is None:
         print("driftrag run: --items needs --events", file=sys.stderr)
         return 2
+    # The endpoints first: /healthz answers while the model loads and the codebook bootstraps.
+    status = JobStatus(job_mode(args))
     try:
-        job = Job(args, settings)
-        print(f"[driftrag] running the dataflow ({job.mode}); Ctrl-C stops it", file=sys.stderr, flush=True)
+        endpoints = start_endpoints(args, _apply_overrides(args, settings), status)
+    except OSError as e:
+        print(f"driftrag run: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        job = Job(args, settings, status=status, endpoints=endpoints)
+        where = f"; endpoints {endpoints.url} (/metrics, /healthz, /readyz)" if endpoints is not None else ""
+        print(f"[driftrag] running the dataflow ({job.mode}){where}; Ctrl-C stops it", file=sys.stderr, flush=True)
         summary = job.run()
     except JOB_STOPS as e:
         return stopped("driftrag run", e)
+    except BaseException as e:
+        status.failed(f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        if endpoints is not None:
+            endpoints.stop()
     print(json.dumps(summary), flush=True)
     return 0
 

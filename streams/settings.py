@@ -12,11 +12,12 @@ Every value can come from the environment (prefix ``DRIFTRAG_``, nested fields j
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -73,6 +74,12 @@ class KafkaSettings(BaseModel):
         """librdkafka config for a client of this cluster."""
         return {"bootstrap.servers": self.bootstrap_servers, **self.client_config, **extra}
 
+    def with_args(self, args: Any) -> KafkaSettings:
+        """These settings with a command's ``--bootstrap-servers`` / ``--topic-prefix`` flags applied (the one
+        place every command takes them from)."""
+        flags = {f: getattr(args, f, None) for f in ("bootstrap_servers", "topic_prefix")}
+        return self.model_copy(update={f: v for f, v in flags.items() if v is not None})
+
 
 class ContractSettings(BaseModel):
     """Rules of the event contract (brief: 'Engagement event', 'Content event')."""
@@ -94,6 +101,8 @@ class BrokerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(9092, ge=1, le=65535)
     controller_port: int | None = None  # default: port + 1
+    sasl_port: int | None = Field(None, ge=1, le=65535)  # also a SASL/SCRAM listener here (local testing)
+    sasl_tls: bool = False  # ... over TLS, with a throwaway CA in <data_dir>/tls/ca.pem
     cache_dir: Path = Path.home() / ".cache" / "driftrag"
     data_dir: Path | None = None  # default: cache_dir / "broker-<port>"
     heap: str = "512m"
@@ -116,7 +125,13 @@ class RunSettings(BaseModel):
     snapshot_interval_s: float = Field(10.0, gt=0)
     backup_interval_s: float = Field(0.0, ge=0)
     batch_size: int = Field(1000, ge=1)
-    metrics_port: int | None = None
+    # The job's own endpoints (streams/observability.py: /metrics, /healthz, /readyz), in every mode. Port 0: any
+    # free port; -1: none. A multi-process job (-i/-a) listens on metrics_port + its process id.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9108, ge=-1, le=65535)
+    # /readyz of a Kafka job: ready once the consumer lag of its partitions (all measured) is at most this many
+    # messages in total.
+    ready_max_lag: int = Field(1000, ge=0)
     # Allocations between young-generation garbage collections while the dataflow runs (CPython's default is
     # 700). The job allocates a few small objects per event and keeps large long-lived state; at the default the
     # collector took ~20% of a run. 0 keeps the interpreter's setting.
@@ -183,6 +198,27 @@ class IndexSettings(BaseModel):
     snapshot_dir: Path = Path.home() / ".cache" / "driftrag" / "index"
     snapshot_interval_s: float = Field(60.0, gt=0)
     text_search: bool = True  # load the embedding model for /v1/search {"text": ...}
+    # Access control (index/access.py): bearer tokens as "name:scope:token" entries (scope: read | admin), from
+    # DRIFTRAG_INDEX__TOKENS (comma- or space-separated, or a JSON list) and/or token_file (one entry a line).
+    # Without tokens the API is anonymous, which the service allows only on a loopback host unless allow_anonymous.
+    tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    token_file: Path | None = None
+    allow_anonymous: bool = False
+    metrics_require_token: bool = False  # /metrics public by default (no data; it is scraped by Prometheus)
+    # Limits (README "Access control and limits"): bodies are refused while read, text searches (the model) are
+    # bounded in flight, and every k/limit of a query is bounded.
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_text_searches: int = Field(4, ge=1)  # text searches running or queued on the model; more: 429 busy
+    retry_after_s: int = Field(1, ge=0)  # Retry-After of a 429
+    max_k: int = Field(100, ge=1)  # k of /v1/context, /v1/search, /v1/clusters/{id}; limit of /v1/drift
+    context_cache_entries: int = Field(4096, ge=0)  # context answers kept per index version (0: no cache)
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return json.loads(v) if v.lstrip().startswith("[") else v.replace(",", " ").split()
+        return v
 
 
 class DriftSettings(BaseModel):
@@ -192,6 +228,27 @@ class DriftSettings(BaseModel):
     webhook_url: str | None = None  # POST each alert's JSON here too (retries with backoff, never blocking)
     webhook_max_attempts: int = Field(5, ge=1)
     webhook_timeout_s: float = Field(5.0, gt=0)
+    # Shared secret: each delivery is signed (Driftrag-Signature: t=...,v1=HMAC-SHA256, streams/webhook.py).
+    # Or a file holding it (a Docker/Kubernetes secret); the file wins when both are set.
+    webhook_secret: SecretStr | None = None
+    webhook_secret_file: Path | None = None
+
+    def signing_secret(self) -> bytes | None:
+        """The webhook signing secret (file first, then the variable), or None: deliveries go unsigned."""
+        if self.webhook_secret_file is not None:
+            try:
+                text = self.webhook_secret_file.read_text().strip()
+            except OSError as e:
+                raise ValueError(f"drift.webhook_secret_file {self.webhook_secret_file}: {e.strerror}") from None
+            if not text:
+                raise ValueError(f"drift.webhook_secret_file {self.webhook_secret_file} is empty")
+            return text.encode()
+        if self.webhook_secret is not None:
+            secret = self.webhook_secret.get_secret_value()
+            if not secret:
+                raise ValueError("DRIFTRAG_DRIFT__WEBHOOK_SECRET is set but empty")
+            return secret.encode()
+        return None
     # Per-kind overrides of operators.drift.DriftConfig (kinds: transition, engagement, content, volume).
     warning: dict[str, float] = Field(default_factory=dict)  # score at which an alert opens (signal units)
     critical: dict[str, float] = Field(default_factory=dict)  # score at which it escalates
