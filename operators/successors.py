@@ -69,6 +69,8 @@ class DecayedCounter:
     ``weight * 2 ** ((ts_ms - ref) / half_life_ms)``, and the reference moves to the latest event (rescaling
     every value) only when that factor would exceed ``2 ** 64``.
 
+    ``half_life_ms=float("inf")`` counts without decay (the same code: every factor is 1).
+
     Out-of-order observations (``ts_ms`` before the latest seen) decay by their own timestamp. Reads at a
     ``now_ms`` before the latest observation are read at the latest observation instead: ages are never
     negative, so a value never exceeds the plain sum of weights.
@@ -83,9 +85,8 @@ class DecayedCounter:
     __slots__ = ("_inv_half_life", "_latest", "_ref", "_total", "_values", "half_life_ms")
 
     def __init__(self, half_life_ms: float) -> None:
-        if isinstance(half_life_ms, bool) or not isinstance(half_life_ms, int | float) or not half_life_ms > 0 \
-                or half_life_ms == float("inf"):
-            raise ValueError(f"half_life_ms must be a finite number > 0, got {half_life_ms!r}")
+        if isinstance(half_life_ms, bool) or not isinstance(half_life_ms, int | float) or not half_life_ms > 0:
+            raise ValueError(f"half_life_ms must be a number > 0 (inf: no decay), got {half_life_ms!r}")
         self.half_life_ms = half_life_ms
         self._reset()
 

@@ -15,7 +15,11 @@ strongly), content (a cluster's new items come from its shifted vocabulary), vol
 with no items or traffic appears trending; gradual: a quiet cluster's traffic grows several-fold). Gradual drifts
 ramp linearly over a window. Scenario "stationary" plants none and reserves no cluster. Scenario "shifting" is
 the paper's broad drift: no single planted change, but at 35% and 65% of the time span a fresh successor
-distribution for 60% of all pairs (ramped over a day), so most of what users do next changes twice.
+distribution for 60% of all pairs (ramped over a day), so most of what users do next changes twice. Scenario
+"slow" is drift where long memory is right: from 30% of the span, 30% of the pairs move to a fresh successor
+distribution, ramped linearly over 60% of the span (run it long and sparse, e.g. ``--days 60``). Scenario
+"source" is "drifting" with *source* transition drifts: every pair into one cluster (c1, X) gets new successors at
+once (a common new top successor), each pair carrying little traffic. ``ramp_days`` sets the gradual drifts' ramp.
 
 Scenario "retail" is shaped like a commerce or media purchase log instead: no planted drift, every engagement is
 a purchase (RETAIL_ACTION: the contract has no purchase action), times have minute resolution and come in
@@ -68,9 +72,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
-SCENARIOS = ("drifting", "stationary", "shifting", "retail")
+SCENARIOS = ("drifting", "stationary", "shifting", "retail", "slow", "source")
 SHIFTS = (0.35, 0.65)  # "shifting": when (share of the span) a broad successor shift starts
 SHIFT_SHARE = 0.6  # and the share of pairs it redraws
+SLOW_START, SLOW_RAMP, SLOW_SHARE = 0.3, 0.6, 0.3  # "slow": one redraw of 30% of the pairs, ramped over 60% of the span
 
 # Behaviour constants: documented in the ground truth's "model" section.
 P_STAY = 0.25  # next engagement in the same cluster (consecutive duplicates)
@@ -119,6 +124,7 @@ class GeneratorConfig:
     bad_fraction: float = 0.0
     text_fraction: float = 0.02  # share of engagements carrying the item text inline
     positive_dwell_ms: int = 10_000
+    ramp_days: float = 0.0  # gradual drifts' ramp ("drifting", "source"); 0: min(1 day, 7% of the span)
 
     def __post_init__(self) -> None:
         for name in ("seed", "n_clusters", "n_users", "items_per_cluster", "events", "start_ms",
@@ -126,7 +132,7 @@ class GeneratorConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ValueError(f"{name} must be an int, got {v!r}")
-        for name in ("days", "bad_fraction", "text_fraction"):
+        for name in ("days", "bad_fraction", "text_fraction", "ramp_days"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise ValueError(f"{name} must be a number, got {v!r}")
@@ -143,6 +149,7 @@ class GeneratorConfig:
             "bad_fraction": 0.0 <= self.bad_fraction <= 1.0,
             "text_fraction": 0.0 <= self.text_fraction <= 1.0,
             "positive_dwell_ms": self.positive_dwell_ms >= 0,
+            "ramp_days": 0.0 <= self.ramp_days <= self.days,
         }
         for name, ok in checks.items():
             if not ok:
@@ -292,7 +299,7 @@ class World:
 def build_world(cfg: GeneratorConfig, rngs: dict[str, np.random.Generator]) -> World:
     rng, k = rngs["world"], cfg.n_clusters
     topics = [TOPICS[i] for i in rng.permutation(len(TOPICS))[:k]]
-    trending = int(rng.integers(k)) if cfg.scenario == "drifting" else None
+    trending = int(rng.integers(k)) if cfg.scenario in ("drifting", "source") else None
     popularity = 1.0 / (1.0 + rng.permutation(k)) ** CLUSTER_ZIPF
     succ = successor_matrix(rng, popularity, trending)
     rates = rng.uniform(0.40, 0.65, size=k)
@@ -313,10 +320,12 @@ def build_world(cfg: GeneratorConfig, rngs: dict[str, np.random.Generator]) -> W
     init_state = _initial_state(rng, interests)
     world = World(cfg, topics, trending, succ, rates, interests, user_ids, user_cum, init_state, [], {}, {}, [],
                   [])
-    if cfg.scenario == "drifting":
+    if cfg.scenario in ("drifting", "source"):
         _plant_drifts(world, rng)
     elif cfg.scenario == "shifting":
         _plant_shifts(world, rng, popularity)
+    elif cfg.scenario == "slow":
+        _plant_slow(world, rng, popularity)
     world.items = plan_items(cfg, world, rngs["items"], rngs["bad_items"])
     return world
 
@@ -381,9 +390,36 @@ def _choose_transition(w: World, rng: np.random.Generator, used: set[int], new_t
     return best[1]
 
 
+def _choose_source(w: World, rng: np.random.Generator, used: set[int], new_tops: set[int], ibar: np.ndarray
+                   ) -> tuple[int, int, dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]]:
+    """Scenario "source": a cluster X of middling inflow (a quarter down the ranking, so that each pair into it
+    carries little traffic) and, for every pair (c1, X), its change to a new distribution led by one common new
+    top successor. Returns (X, the new top, {pair: (before, after)})."""
+    k, T = w.config.n_clusters, w.trending
+    current = w.succ.copy()
+    for p, changes in w.transition_after.items():
+        current[p] = changes[-1][1]
+    traffic, _ = expected_traffic(current, ibar, w.rates)
+    ranked = [int(c) for c in np.argsort(-traffic.sum(axis=0), kind="stable") if c != T and c not in new_tops]
+    x = _pick(ranked[len(ranked) // 4:] + ranked[: len(ranked) // 4], used)
+    fresh = [int(c) for c in rng.permutation(k) if c not in (x, T)]
+    top = _pick(sorted(fresh, key=lambda c: -w.rates[c]), used)
+    out: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    for i in range(k):
+        if i in (x, T):
+            continue
+        pair = (i, x)
+        allowed = _allowed(k, pair, T)
+        floor = SUCCESSOR_FLOOR / len(allowed) + 1e-12
+        old = {int(c) for c in np.flatnonzero(current[pair] > floor)}
+        new = [c for c in [top, *(f for f in fresh if f != top)] if c in allowed and (c == top or c not in old)][:3]
+        out[pair] = (current[pair], _sparse_dist(k, allowed, dict(zip(new, _TOP_WEIGHTS, strict=False))))
+    return x, top, out
+
+
 def _plant_drifts(w: World, rng: np.random.Generator) -> None:
     cfg, span = w.config, w.config.span_ms
-    window = int(min(DAY_MS, 0.07 * span))
+    window = int(cfg.ramp_days * DAY_MS) if cfg.ramp_days else int(min(DAY_MS, 0.07 * span))
     ibar = w.interests.mean(axis=0)
     _, share = expected_traffic(w.succ, ibar, w.rates)
     T = w.trending
@@ -401,7 +437,17 @@ def _plant_drifts(w: World, rng: np.random.Generator) -> None:
     for n, (kind, mode, frac) in enumerate(SCHEDULE):
         start, end = when(frac, mode)
         did = f"d{n + 1}-{kind}-{mode}"
-        if kind == "transition":
+        if kind == "transition" and cfg.scenario == "source":
+            x, top, changes = _choose_source(w, rng, used, new_tops, ibar)
+            used |= {x, top}
+            new_tops.add(top)
+            tops.add(top)
+            for pair, (_, after) in changes.items():
+                w.transition_after[pair] = [(n, after)]
+            mag = float(np.mean([0.5 * np.abs(a - b).sum() for b, a in changes.values()]))
+            drifts.append(Drift(did, kind, mode, start, end, x, None, mag, {"pairs": len(changes), "source": x},
+                                {"pairs": len(changes), "top_successor": top}))
+        elif kind == "transition":
             pair, before, after, top, others, strong = _choose_transition(w, rng, used, new_tops, ibar)
             w.succ[pair] = before
             used |= {*pair, top}
@@ -461,6 +507,23 @@ def _plant_shifts(w: World, rng: np.random.Generator, popularity: np.ndarray) ->
         w.drifts.append(Drift(f"s{n + 1}-transition-broad", "transition", "gradual", start,
                               start + int(min(DAY_MS, 0.07 * cfg.span_ms)), -1, None, float(np.mean(tv)),
                               {"pairs": len(chosen)}, {"pairs": len(chosen), "share": SHIFT_SHARE}))
+
+
+def _plant_slow(w: World, rng: np.random.Generator, popularity: np.ndarray) -> None:
+    """The "slow" scenario: from SLOW_START of the span, SLOW_SHARE of the pairs move to a freshly drawn successor
+    distribution, ramped linearly over SLOW_RAMP of the span (one Drift; the pairs are in ground_truth's changes)."""
+    cfg, k = w.config, w.config.n_clusters
+    pairs = [(i, j) for i in range(k) for j in range(k) if i != j]
+    fresh = successor_matrix(rng, popularity, None)
+    chosen = sorted(pairs[int(x)] for x in rng.choice(len(pairs), size=int(SLOW_SHARE * len(pairs)), replace=False))
+    tv = []
+    for pair in chosen:
+        w.transition_after[pair] = [(0, fresh[pair])]
+        tv.append(0.5 * float(np.abs(fresh[pair] - w.succ[pair]).sum()))
+    start = cfg.start_ms + int(SLOW_START * cfg.span_ms)
+    w.drifts.append(Drift("s1-transition-slow", "transition", "gradual", start, start + int(SLOW_RAMP * cfg.span_ms),
+                          -1, None, float(np.mean(tv)), {"pairs": len(chosen)},
+                          {"pairs": len(chosen), "share": SLOW_SHARE}))
 
 
 def _dist_json(p: np.ndarray) -> dict[str, float]:

@@ -7,11 +7,12 @@ import random
 
 import pytest
 
-from operators.evaluation import DAY_MS, STRATEGIES, EvalConfig, evaluate, plot_report
+from operators.evaluation import DAY_MS, PERIODS, STRATEGIES, EvalConfig, evaluate, plot_report
 from operators.transitions import mine_triples
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 H = 3_600_000
+HL2 = (2 * DAY_MS,)  # one fixed half-life of 2 days: the hand-worked examples' counts
 
 
 def _walks(seed: int, users: int = 120, days: int = 12, switch_day: float | None = None) -> list[tuple[str, int, int]]:
@@ -59,7 +60,7 @@ def test_rule_exactness_hand_worked():
     # hybrid: empty base, RAG since ts 0 = streaming -> 1 hit.
     seq = [1, 2, 2, 3, 1, 2, 3]
     evs = [("a", c, T0 + i) for i, c in enumerate(seq)]
-    r = evaluate(evs, config=EvalConfig(warmup_ms=0, min_support=0.5))
+    r = evaluate(evs, config=EvalConfig(warmup_ms=0, min_support=0.5, half_lives_ms=HL2))
     assert r["triples"] == len(mine_triples(seq)) == 4
     assert r["predictions"] == 4
     assert r["hits"] == {"frozen": 0, "refresh_2d": 0, "refresh_1d": 0, "streaming": 1, "hybrid": 1}
@@ -73,14 +74,21 @@ def test_refresh_snapshot_holds_only_earlier_triples():
     evs = [(f"w{u}", c, T0 + u * H + k) for u in range(5) for k, c in enumerate((1, 2, 3))]
     evs += [(f"x{u}", c, T0 + DAY_MS + u * H + k) for u in range(5) for k, c in enumerate((1, 2, 4))]
     evs += [(f"p{u}", c, T0 + 2 * DAY_MS + H + u * H + k) for u in range(3) for k, c in enumerate((1, 2, 4))]
-    r = evaluate(evs, config=EvalConfig(warmup_ms=DAY_MS, min_support=0.5))
+    r = evaluate(evs, config=EvalConfig(warmup_ms=DAY_MS, min_support=0.5, half_lives_ms=HL2))
     # Evaluated: the 5 x-users' (1,2) points (truth [4]; tables at start say 3) and the 3 probes (truth [4]).
     assert r["predictions"] == 8
     # streaming at x-user u (half-life 2 days): 4s weigh ~u (ages of hours), 3s ~5 * 2**-0.5 = 3.5 -> it says 4
     # from x4 on: 1 + 3 probes = 4 hits. refresh_1d: the x-users read the start snapshot (3s), the probes the
     # day-2 snapshot (5 fours at ~2**-0.5 vs 5 threes at 2**-1) -> 3 hits. frozen and refresh_2d keep 3 -> 0.
-    # hybrid: RAG since start holds only 4s, support ~1 >= 0.5 from x1 on -> x1..x4 + 3 probes = 7 hits.
-    assert r["hits"] == {"frozen": 0, "refresh_2d": 0, "refresh_1d": 3, "streaming": 4, "hybrid": 7}
+    # hybrid without a fine-tune: the live counts wherever their support reaches min_support -> as streaming.
+    assert r["hits"] == {"frozen": 0, "refresh_2d": 0, "refresh_1d": 3, "streaming": 4, "hybrid": 4}
+    # with a fine-tune at the start: its RAG holds only 4s, support ~1 >= 0.5 from x1 on -> x1..x4 + 3 probes = 7
+    # (x0: empty RAG -> the live counts' row, 3 -> miss).
+    ft = evaluate(evs, finetune_ms=[T0 + DAY_MS], config=EvalConfig(warmup_ms=DAY_MS, min_support=0.5,
+                                                                      half_lives_ms=HL2))
+    assert ft["hits"] == {"frozen": 0, "refresh_2d": 0, "refresh_1d": 3, "streaming": 4, "hybrid": 7}
+    # one fixed half-life: the adaptive default is that half-life exactly
+    assert r["by_half_life"] == {"2d": r["hit_rate"]} and set(r["winner"].values()) == {"adaptive"}
 
 
 def test_no_peeking():
@@ -90,10 +98,10 @@ def test_no_peeking():
     evs = [(f"w{u}", c, T0 + u * 1000 + k) for u in range(4) for k, c in enumerate((1, 2, 3))]
     evs += [("u", c, T0 + DAY_MS + k) for k, c in enumerate((7, 8, 9))]
     evs += [("v", c, T0 + DAY_MS + H + k) for k, c in enumerate((7, 8, 9))]
-    r = evaluate(evs, config=EvalConfig(warmup_ms=DAY_MS, min_support=0.5))
+    r = evaluate(evs, config=EvalConfig(warmup_ms=DAY_MS, min_support=0.5, half_lives_ms=HL2))
     assert r["predictions"] == 2
     assert r["hits"] == {"frozen": 0, "refresh_2d": 0, "refresh_1d": 0, "streaming": 1, "hybrid": 1}
-    single = evaluate(evs[:-3], config=EvalConfig(warmup_ms=DAY_MS, min_support=0.5))
+    single = evaluate(evs[:-3], config=EvalConfig(warmup_ms=DAY_MS, min_support=0.5, half_lives_ms=HL2))
     assert single["predictions"] == 1 and all(h == 0 for h in single["hits"].values())
 
 
@@ -141,6 +149,24 @@ def test_jaccard_hand_example():
     assert evaluate(evs, config=EvalConfig(jaccard_min_support=17))["jaccard_top5"]["mean"] is None
 
 
+def test_jaccard_per_week_with_a_floor_that_scales():
+    # The hand example's two periods as two weeks: floor = jaccard_min_support * sqrt(7); 16 transitions in the
+    # first week pass 6 * sqrt(7) = 15.9, not 7 * sqrt(7) = 18.5.
+    p0 = [3] * 5 + [4] * 4 + [5] * 3 + [6] * 2 + [7, 8]
+    p1 = [3] * 5 + [4] * 5 + [9] * 4 + [10] * 3 + [7] * 2 + [11]
+    evs = []
+    for week, succs in ((0, p0), (1, p1)):
+        for u, s in enumerate(succs):
+            evs += [(f"w{week}u{u}", c, T0 + week * 7 * DAY_MS + u * H + k) for k, c in enumerate((1, 2, s))]
+    week = PERIODS["week"]
+    j = evaluate(evs, config=EvalConfig(period_ms=week, jaccard_min_support=6))["jaccard_top5"]
+    assert j["mean"] == round(3 / 7, 5) and j["period_ms"] == week and j["min_support"] == round(6 * 7 ** 0.5, 3)
+    assert [p["start_ms"] for p in j["per_period"]] == [T0 + week]
+    assert evaluate(evs, config=EvalConfig(period_ms=week, jaccard_min_support=7))["jaccard_top5"]["mean"] is None
+    # per day, no pair has two consecutive days with data: nothing to compare
+    assert evaluate(evs, config=EvalConfig(jaccard_min_support=1))["jaccard_top5"]["pairs_compared"] == 0
+
+
 def test_warmup_excludes_early_points():
     early = [("a", c, T0 + k * H) for k, c in enumerate((1, 2, 3, 4, 5))]  # 3 evaluable points, all early
     r = evaluate(early, config=EvalConfig(warmup_ms=DAY_MS))
@@ -169,8 +195,16 @@ def test_report_is_json_ready_and_complete():
     assert again == r
     assert set(r["hit_rate"]) == set(r["hits"]) == set(r["ci95"]) == set(STRATEGIES)
     assert set(r["definitions"]["strategies"]) == set(STRATEGIES) and r["definitions"]["hit"]
-    assert r["config"] == {"warmup_ms": 2 * DAY_MS, "half_life_ms": 2 * DAY_MS, "next_n": 3, "min_support": 3.0,
-                           "period_ms": DAY_MS, "jaccard_min_support": 20}
+    assert r["config"] == {"warmup_ms": 2 * DAY_MS, "next_n": 3, "min_support": 3.0, "period_ms": DAY_MS,
+                           "jaccard_min_support": 20,
+                           "half_lives_ms": [DAY_MS, 2 * DAY_MS, 7 * DAY_MS, 30 * DAY_MS, None]}
+    assert set(r["by_half_life"]) == {"1d", "2d", "7d", "30d", "none"}
+    for h, rates in r["by_half_life"].items():
+        assert set(rates) == set(STRATEGIES)
+        assert set(r["adaptive_minus_fixed"][h]) == set(STRATEGIES)
+        d = r["adaptive_minus_fixed"][h]["streaming"]
+        assert d["diff"] == pytest.approx(r["hit_rate"]["streaming"] - rates["streaming"], abs=2e-5)
+    assert set(r["winner"]) == set(STRATEGIES) and set(r["winner"].values()) <= {"adaptive", *r["by_half_life"]}
     assert sum(d["predictions"] for d in r["per_day"]) == r["predictions"]
     assert [d["start_ms"] for d in r["per_day"]] == [r["start_ms"] + k * DAY_MS for k in range(len(r["per_day"]))]
 
@@ -185,7 +219,8 @@ def test_bad_input():
 
 
 @pytest.mark.parametrize("field, value", [
-    ("warmup_ms", -1), ("warmup_ms", 1.0), ("half_life_ms", 0), ("next_n", 0), ("next_n", True),
+    ("warmup_ms", -1), ("warmup_ms", 1.0), ("half_lives_ms", (0,)), ("half_lives_ms", ()),
+    ("half_lives_ms", (DAY_MS, DAY_MS)), ("half_lives_ms", (1.5,)), ("next_n", 0), ("next_n", True),
     ("min_support", -0.1), ("min_support", float("nan")), ("min_support", "3"), ("period_ms", 0),
     ("jaccard_min_support", 0),
 ])

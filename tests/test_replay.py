@@ -156,6 +156,28 @@ def test_eval_writes_report_and_plot(replayed, tmp_path, capsys):
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["hit_rate"] == report["hit_rate"]
     assert main(["eval", "--out", str(tmp_path)]) == 2  # neither --events nor --from-replay
+    assert set(report["by_half_life"]) == {"1d", "2d", "7d", "30d", "none"}
+    assert all(set(v) == set(report["hit_rate"]) for v in report["by_half_life"].values())
+    assert set(report["winner"]) == set(report["hit_rate"])
+
+
+@pytest.mark.slow
+def test_eval_builds_its_codebook_from_the_warmup_content_only(replayed, tmp_path):
+    data, _, _ = replayed
+    assert main(["eval", "--events", str(data / "engagements.jsonl"), "--items", str(data / "items.jsonl"),
+                 "--out", str(tmp_path), "--warmup-days", "3", "--period", "week", "--progress-every", "60"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    cb = report["codebook"]
+    items = [json.loads(line) for line in (data / "items.jsonl").read_text().splitlines()
+             if line.startswith("{") and '"ts":' in line]
+    assert cb["version"].startswith("v") and (tmp_path / "codebook" / cb["version"]).is_dir()
+    assert 0 < cb["items"] < len(items)  # the generator publishes new items all along: later ones are left out
+    kept = (tmp_path / "warmup_items.jsonl").read_text().splitlines()
+    assert len(kept) == cb["items"] and all(json.loads(line)["ts"] < cb["items_before_ms"] for line in kept)
+    assert report["jaccard_top5"]["period_ms"] == 7 * 86_400_000
+    # scoring the same replay again reads the codebook it was built with
+    assert main(["eval", "--from-replay", str(tmp_path / "replay"), "--out", str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / "report.json").read_text())["codebook"] == cb
 
 
 # ------------------------------------------------------------------- what makes a replay batch-independent

@@ -93,7 +93,15 @@ def test_a_year_of_event_time_with_a_one_minute_half_life_stays_finite_and_right
     assert c.value("a", end + 365 * DAY) == 0.0
 
 
-@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "1", True, None])
+def test_infinite_half_life_counts_without_decay():
+    c = DecayedCounter(half_life_ms=float("inf"))
+    for i, k in enumerate("abcab"):
+        c.update(k, T0 + i * 365 * DAY)
+    assert c.value("a", T0 + 10_000 * DAY) == 2.0 and c.total(T0) == 5.0
+    assert DecayedCounter.from_snapshot(pickle.loads(pickle.dumps(c.snapshot()))).items(T0) == c.items(T0)
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("-inf"), "1", True, None])
 def test_half_life_must_be_positive(bad):
     with pytest.raises(ValueError, match="half_life_ms"):
         DecayedCounter(half_life_ms=bad)

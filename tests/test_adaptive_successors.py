@@ -1,0 +1,119 @@
+"""Adaptive successor estimates (operators/adaptive_successors.py): exact weights, back-off, snapshots, regimes."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+
+import pytest
+
+from operators.adaptive_successors import DEFAULT_HALF_LIVES_MS, AdaptiveSuccessorTable, half_life_label
+from operators.successors import DecayedCounter
+
+DAY = 86_400_000
+INF = float("inf")
+FLOOR = 1e-3
+
+
+def test_one_half_life_is_the_plain_decayed_counter():
+    rng = random.Random(5)
+    t = AdaptiveSuccessorTable((DAY,))
+    ref = DecayedCounter(DAY)
+    ts = 0
+    for _ in range(300):
+        ts += rng.randrange(3_600_000)
+        c = rng.choice([3, 4, 5, 6])
+        t.update((1, 2, c), ts)
+        ref.update(c, ts)
+    assert t.weights((1, 2), ts) == {"1d": 1.0}
+    assert t.counts((1, 2), ts) == pytest.approx(dict(ref.items(ts)), rel=1e-12)
+    assert t.support((1, 2), ts) == pytest.approx(ref.total(ts), rel=1e-12)
+    assert t.top1((1, 2), ts, 0.0) == min(ref.items(ts), key=lambda kv: (-kv[1], kv[0]))[0]
+
+
+def test_weights_hand_worked():
+    # (1d, none), prior 1, no back-off, scores never decay. Triple (1,2,3) at 0: every count empty, the global
+    # prior's only cluster share is 1 -> p = 1 for both, log 0. Triple (1,2,4) at 1 day: for 1d the pair has
+    # N = 0.5 (3 decayed once), global the same, g(4) = FLOOR / (0.5 + 2 FLOOR); for none N = 1, g = FLOOR / (1 +
+    # 2 FLOOR). p_h = g_h / (N_h + 1). Weights: p_1d / (p_1d + p_none).
+    t = AdaptiveSuccessorTable((DAY, INF), score_half_life_ms=INF, prior=1.0, backoff=0.0)
+    t.update((1, 2, 3), 0).update((1, 2, 4), DAY)
+    p1 = (FLOOR / (0.5 + 2 * FLOOR)) / 1.5
+    pn = (FLOOR / (1.0 + 2 * FLOOR)) / 2.0
+    w = t.weights((1, 2), DAY)
+    assert w["1d"] == pytest.approx(p1 / (p1 + pn), rel=1e-12)
+    assert w["none"] == pytest.approx(pn / (p1 + pn), rel=1e-12)
+    # counts: 1d {3: 0.5, 4: 1}, none {3: 1, 4: 1}, mixed by the weights
+    assert t.counts((1, 2), DAY) == pytest.approx({3: 0.5 * w["1d"] + w["none"], 4: 1.0}, rel=1e-12)
+    assert t.effective_half_life_ms((1, 2), DAY) == DAY  # p1 > pn: the short memory doubted 3 less
+    assert t.top1((1, 2), DAY, 0.0) == 4
+
+
+def test_new_pair_backs_off_to_its_source_cluster_then_to_all_pairs():
+    t = AdaptiveSuccessorTable((DAY, INF), score_half_life_ms=INF, prior=1.0, backoff=3.0)
+    t.update((1, 2, 3), 0).update((1, 2, 4), DAY)
+    p1 = math.log((FLOOR / (0.5 + 2 * FLOOR)) / 1.5)
+    pn = math.log((FLOOR / (1.0 + 2 * FLOOR)) / 2.0)
+    # source cluster 2 has two scored transitions (the first scored 0 for both): mean = p / 2, times backoff 3
+    e1, en = math.exp(3 * p1 / 2), math.exp(3 * pn / 2)
+    assert t.weights((9, 2), DAY)["1d"] == pytest.approx(e1 / (e1 + en), rel=1e-12)
+    # the seen pair: its own sums plus the same back-off term
+    f1, fn = math.exp(p1 + 3 * p1 / 2), math.exp(pn + 3 * pn / 2)
+    assert t.weights((1, 2), DAY)["1d"] == pytest.approx(f1 / (f1 + fn), rel=1e-12)
+    # source cluster 8 never seen: all pairs' scores (here the same two transitions)
+    assert t.weights((9, 8), DAY) == pytest.approx(t.weights((9, 2), DAY), rel=1e-12)
+    assert t.support((9, 8), DAY) == 0.0 and t.counts((9, 8), DAY) == {}
+    assert t.top1((9, 8), DAY, 1.0) in (3, 4)  # global fallback, never 9 or 8
+    assert t.top1((3, 4), DAY, 1.0) is None  # the only successors are the pair's own clusters
+
+
+def _regime(seed: int, switching: bool, days: int = 60) -> AdaptiveSuccessorTable:
+    """One pair, 6 transitions a day. Switching: the top successor changes every 3 days (short memory right);
+    else a fixed noisy mix 0.4/0.3/0.3 (long memory right)."""
+    rng = random.Random(seed)
+    t = AdaptiveSuccessorTable()
+    for d in range(days):
+        for k in range(6):
+            if switching:
+                top = 3 + (d // 3) % 3
+                c = top if rng.random() < 0.8 else rng.choice([x for x in (3, 4, 5) if x != top])
+            else:
+                c = rng.choices((3, 4, 5), weights=(4, 3, 3))[0]
+            t.update((1, 2, c), d * DAY + k * 4 * 3_600_000)
+    return t
+
+
+def test_weights_follow_the_regime():
+    fast = _regime(1, switching=True).weights((1, 2), 60 * DAY)
+    slow = _regime(1, switching=False).weights((1, 2), 60 * DAY)
+    assert fast["1d"] + fast["2d"] > 0.9
+    assert slow["30d"] + slow["none"] > 0.5 and slow["1d"] + slow["2d"] < 0.1
+
+
+def test_snapshot_round_trip_continues_identically():
+    a = _regime(2, switching=True, days=10)
+    b = AdaptiveSuccessorTable.from_snapshot(pickle.loads(pickle.dumps(a.snapshot())))
+    for t in (a, b):
+        t.update((1, 2, 4), 10 * DAY).update((7, 2, 1), 10 * DAY + 1)
+    for pair in ((1, 2), (7, 2), (5, 6)):
+        assert b.weights(pair, 11 * DAY) == a.weights(pair, 11 * DAY)
+        assert b.counts(pair, 11 * DAY) == a.counts(pair, 11 * DAY)
+    assert b.pairs() == a.pairs() and repr(b) == repr(a)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"half_lives_ms": ()}, "half_lives_ms"), ({"half_lives_ms": (DAY, DAY)}, "half_lives_ms"),
+    ({"half_lives_ms": (0,)}, "half_life_ms"), ({"score_half_life_ms": -1}, "half_life_ms"),
+    ({"prior": -1.0}, "prior"), ({"prior": 0.0}, "prior"), ({"backoff": INF}, "backoff"),
+])
+def test_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AdaptiveSuccessorTable(**kwargs)
+    with pytest.raises(ValueError, match="transition triple"):
+        AdaptiveSuccessorTable().update((1, 2, 2), 0)
+
+
+def test_labels_and_defaults():
+    assert [half_life_label(h) for h in DEFAULT_HALF_LIVES_MS] == ["1d", "2d", "7d", "30d", "none"]
+    assert AdaptiveSuccessorTable().labels == ("1d", "2d", "7d", "30d", "none")
