@@ -291,6 +291,11 @@ class DriftMonitor:
         self._open: dict[tuple[int, str], Alert] = {}
         self._scores: dict[int, dict[str, float]] = {}
         self._last: dict[tuple[int, str], dict[str, Any]] = {}
+        # Per cluster: the boundary at which its published status (rounded scores, open alerts) last changed, and
+        # that status's references. A status is sent as of that boundary, so what the index ends with does not
+        # depend on how many boundaries one call of the dataflow step covered.
+        self._changed: dict[int, tuple[int, dict[str, Any]]] = {}
+        self._signature: dict[int, Any] = {}
         self._eval_slots: dict[str, int] = {}  # kind -> evaluate_every_ms slot last scored (see _due)
         self._now: int | None = None
         self._evaluated: int | None = None  # the last bucket boundary evaluated
@@ -485,7 +490,34 @@ class DriftMonitor:
             alert = self._alert(c, kind, r, severity, start, now)
             self._open[key] = alert
             out.append(alert)
+        self._note_changes(now)
         return out
+
+    def _note_changes(self, now: int) -> None:
+        signatures: dict[int, Any] = {}
+        for c, sc in self._scores.items():
+            signatures[c] = [sorted((k, round(v, 3)) for k, v in sc.items())]
+        for (c, kind), a in self._open.items():
+            if self._gates[(c, kind)].is_open:
+                signatures.setdefault(c, [[]]).append((kind, a.alert_id, a.severity))
+        for c in set(signatures) | set(self._signature):
+            sig = signatures.get(c)
+            if sig is not None:
+                sig = tuple(sorted(sig[1:])), tuple(sig[0])
+            if sig != self._signature.get(c):
+                self._changed[c] = (now, {k: self.reference(k, now) for k in KINDS}, dict(sig[1]) if sig else {})
+                if sig is None:
+                    self._signature.pop(c, None)
+                else:
+                    self._signature[c] = sig
+
+    def changed_at(self, cluster: int) -> int | None:
+        """The boundary at which ``cluster``'s status (scores rounded to 3 places, open alerts) last changed."""
+        ch = self._changed.get(cluster)
+        return ch[0] if ch is not None else None
+
+    def changed_clusters(self) -> list[int]:
+        return sorted(self._changed)
 
     def _evaluate_transitions(self, now: int) -> dict[tuple[int, str], dict[str, Any]]:
         """Both transition tests per cluster: the pair JSD (its busiest-scoring pair) and the pooled CUSUM."""
@@ -569,11 +601,16 @@ class DriftMonitor:
         ``alerts`` (the open ones, as dicts) and ``reference`` per kind ({"policy", "since_ms", ...})."""
         open_alerts = [a.to_dict() for (c, kind), a in self._open.items()
                        if c == cluster and self._gates[(c, kind)].is_open]
+        changed = self._changed.get(cluster)
         return {
             "cluster": cluster, "ts_ms": self._evaluated, "scores": dict(self._scores.get(cluster, {})),
             "evidence": {k: v for (c, k), v in self._last.items() if c == cluster},
             "alerts": open_alerts,  # the open alerts (latest severity of each), as Alert.to_dict()
             "reference": {k: self.reference(k) for k in KINDS},
+            # as of the boundary where scores or alerts last changed (what the dataflow publishes)
+            "changed_ms": changed[0] if changed is not None else None,
+            "reference_at_change": changed[1] if changed is not None else None,
+            "scores_at_change": changed[2] if changed is not None else None,  # rounded to 3 places
         }
 
     # -- recovery ------------------------------------------------------------------------------------------
@@ -590,6 +627,7 @@ class DriftMonitor:
             "gates": {k: (g.severity, g.opened_ms) for k, g in self._gates.items()},
             "open": {k: a.to_dict() for k, a in self._open.items()},
             "now": self._now, "evaluated": self._evaluated, "mark": self._mark, "updates": self.updates,
+            "changed": dict(self._changed), "signature": dict(self._signature),
         }
 
     @classmethod
@@ -614,5 +652,6 @@ class DriftMonitor:
             m._open[k] = Alert(d["alert_id"], d["cluster"], d["kind"], d["score"], d["threshold"], d["severity"],
                                d["window"]["start"], d["window"]["end"], d["evidence"], d["ts"], d["reference"])
         m._now, m._evaluated, m._mark, m.updates = snap["now"], snap["evaluated"], snap["mark"], snap["updates"]
+        m._changed, m._signature = dict(snap.get("changed", {})), dict(snap.get("signature", {}))
         m._mark = tuple(m._mark) if m._mark is not None else None
         return m
