@@ -11,8 +11,11 @@ Every signal compares a *current* window (the last ``window_ms[kind]`` of event 
 Scores are *lower confidence bounds* of an effect size (the effect minus ``z`` standard errors, 0 when the
 data cannot tell), so that small, noisy clusters score 0 instead of crying wolf, and every score has units:
 
-- transition (per pair, reported on its second cluster): Jensen-Shannon divergence (bits) of the successor
-  distributions minus its small-sample bias; evidence has 1 - Jaccard of the top-5 successors (the paper's);
+- transition (reported on the pair's second cluster), two tests, either fires: per pair, the Jensen-Shannon
+  divergence (bits) of the successor distributions minus its small-sample bias (evidence has 1 - Jaccard of the
+  top-5 successors, the paper's); per cluster, :class:`PooledTransitionDrift`, a CUSUM over all pairs into the
+  cluster together, scaled so that ``pooled_warning`` meets the transition warning level (the false-alarm
+  budget of transition is split between the two, so the second test adds no false alarms);
 - engagement: |positive rate now - reference| - z * se;
 - content: drop of the fresh items' mean cosine to the reference centroid - z * se (plus centroid shift and
   novel share as evidence);
@@ -38,6 +41,8 @@ escalation at most once). :func:`calibrate` picks thresholds from stationary sco
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -45,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from operators.alerts import KINDS, Alert
+from operators.drift_pooled import PooledTransitionDrift
 from operators.drift_signals import (  # noqa: F401 - re-exported: operators.drift is the public module
     DAY_MS,
     HOUR_MS,
@@ -60,7 +66,8 @@ from operators.drift_signals import (  # noqa: F401 - re-exported: operators.dri
 )
 
 __all__ = [
-    "AlertGate", "ContentDrift", "DriftConfig", "DriftMonitor", "EngagementDrift", "TransitionDrift",
+    "AlertGate", "ContentDrift", "DriftConfig", "DriftMonitor", "EngagementDrift", "PooledTransitionDrift",
+    "TransitionDrift",
     "VolumeDrift", "calibrate", "count_episodes", "jaccard_distance", "js_divergence",
 ]
 
@@ -123,13 +130,14 @@ def count_episodes(series: Iterable[tuple[int, float]], warning: float, rearm: f
 # -------------------------------------------------------------------------------------------------- the monitor
 
 
-# Calibrated by :func:`calibrate` on the generator's stationary scenario (seed 11, GeneratorConfig defaults:
-# 16 clusters x 14 days = 5,376 cluster-hours), target 0.5 false alarms per 1,000 cluster-hours, with minimal
-# effect sizes as floors (transition 0.25 bits, engagement 0.05, content 0.03, volume 0.5 in log share). The
-# floors set transition, content and volume; engagement is the calibrated level. Reproduce with
+# Calibrated by :func:`calibrate` on the generator's stationary scenario (seeds 11, 12, 13, GeneratorConfig
+# defaults: 3 x 16 clusters x 14 days = 16,128 cluster-hours), target 0.5 false alarms per 1,000 cluster-hours
+# (an even share per kind; transition's share split between its two tests), with minimal effect sizes as floors
+# (transition 0.25 bits, engagement 0.05, content 0.03, volume 0.5 in log share). Reproduce with
 #   .venv/bin/python bench/drift_eval.py --calibrate
-DEFAULT_WARNING = {"transition": 0.25, "engagement": 0.0955, "content": 0.03, "volume": 0.5}
-DEFAULT_CRITICAL = {"transition": 0.5, "engagement": 0.1911, "content": 0.06, "volume": 1.0}
+DEFAULT_WARNING = {"transition": 0.25, "engagement": 0.1173, "content": 0.03, "volume": 0.5}
+DEFAULT_CRITICAL = {"transition": 0.5, "engagement": 0.2347, "content": 0.06, "volume": 1.0}
+DEFAULT_POOLED_WARNING = 7.1278  # nats of the pooled CUSUM
 
 
 @dataclass
@@ -156,11 +164,19 @@ class DriftConfig:
     # How often each kind is re-scored (event time; multiples of bucket_ms). Transition and content windows are a
     # day or two long: scoring them every hour cost most of the monitor's time and moved detection little.
     evaluate_every_ms: dict[str, int] = field(default_factory=lambda: {
-        "transition": 4 * HOUR_MS, "engagement": HOUR_MS, "content": 2 * HOUR_MS, "volume": HOUR_MS})
+        "transition": 2 * HOUR_MS, "engagement": HOUR_MS, "content": 2 * HOUR_MS, "volume": HOUR_MS})
+    # The pooled transition test (PooledTransitionDrift, one per cluster over all its incoming pairs): its warning
+    # level in nats of the CUSUM (critical: the same critical/warning ratio as transition), and the span of
+    # "recent" triples its alternative is estimated from. A transition score is the larger of the pair JSD and
+    # the CUSUM scaled by warning["transition"] / pooled_warning (evidence.test says which).
+    pooled_warning: float = DEFAULT_POOLED_WARNING
+    pooled_recent_ms: int = 12 * HOUR_MS
 
     def __post_init__(self) -> None:
         _check_positive("bucket_ms", self.bucket_ms)
         _check_positive("reference_ms", self.reference_ms)
+        _check_positive("pooled_warning", self.pooled_warning)
+        _check_positive("pooled_recent_ms", self.pooled_recent_ms)
         for name in ("window_ms", "min_support", "warning", "critical"):
             d = getattr(self, name)
             if set(d) != set(KINDS):
@@ -220,6 +236,38 @@ def calibrate(series: Mapping[str, Mapping[int, list[tuple[int, float]]]], clust
     return warning, critical
 
 
+def _rounded(v: Any) -> Any:
+    if isinstance(v, float):
+        return round(v, 6)
+    if isinstance(v, dict):
+        return {k: _rounded(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_rounded(x) for x in v]
+    return v
+
+
+def _test_of(kind: str, r: Mapping[str, Any]) -> dict[str, Any]:
+    """Which test fired, its effect size (in the kind's units, before the confidence correction) and support.
+
+    >>> _test_of("engagement", {"rate_before": 0.6, "rate_after": 0.25, "n_after": 80})
+    {'test': 'rate_change', 'effect_size': 0.35, 'support': 80}
+    """
+    if kind == "transition":
+        t = r.get("test", "pair_jsd")
+        d = r.get("tests", {}).get(t, {})
+        return {"test": t, "effect_size": _rounded(d.get("effect_size", r.get("js"))),
+                "support": d.get("support", r.get("n_after"))}
+    if kind == "engagement":
+        return {"test": "rate_change", "effect_size": round(abs(r["rate_after"] - r["rate_before"]), 6),
+                "support": r["n_after"]}
+    if kind == "content":
+        return {"test": "centroid_cosine_drop", "effect_size": round(r["cos_before"] - r["cos_after"], 6),
+                "support": r["n_after"]}
+    s0 = (r["count_before"] + 0.5) / (r["total_before"] + 1)
+    s1 = (r["count_after"] + 0.5) / (r["total_after"] + 1)
+    return {"test": "log_share_ratio", "effect_size": round(abs(math.log(s1 / s0)), 6), "support": r["count_after"]}
+
+
 class DriftMonitor:
     """All four signals for every cluster, evaluated at each ``bucket_ms`` boundary of event time.
 
@@ -237,11 +285,17 @@ class DriftMonitor:
         self._engagement: dict[int, EngagementDrift] = {}
         self._content: dict[int, ContentDrift] = {}
         self._pairs: dict[tuple[int, int], TransitionDrift] = {}
+        self._pooled: dict[int, PooledTransitionDrift] = {}  # per second cluster c2: all pairs (c1, c2) together
         self._volume = VolumeDrift(cfg.bucket_ms, self._keep, cfg.min_total, cfg.min_support["volume"], cfg.z)
         self._gates: dict[tuple[int, str], AlertGate] = {}
         self._open: dict[tuple[int, str], Alert] = {}
         self._scores: dict[int, dict[str, float]] = {}
         self._last: dict[tuple[int, str], dict[str, Any]] = {}
+        # Per cluster: the boundary at which its published status (rounded scores, open alerts) last changed, and
+        # that status's references. A status is sent as of that boundary, so what the index ends with does not
+        # depend on how many boundaries one call of the dataflow step covered.
+        self._changed: dict[int, tuple[int, dict[str, Any]]] = {}
+        self._signature: dict[int, Any] = {}
         self._eval_slots: dict[str, int] = {}  # kind -> evaluate_every_ms slot last scored (see _due)
         self._now: int | None = None
         self._evaluated: int | None = None  # the last bucket boundary evaluated
@@ -295,8 +349,16 @@ class DriftMonitor:
             t = self._pairs[(c1, c2)] = TransitionDrift(self.config.bucket_ms, self._keep,
                                                         self.config.min_support["transition"], self.config.z)
         t.update(c_next, ts_ms)
+        p = self._pooled.get(c2)
+        if p is None:
+            p = self._pooled[c2] = self._new_pooled()
+        p.update(c1, c_next, ts_ms)
         self.updates += 1
         return out
+
+    def _new_pooled(self) -> PooledTransitionDrift:
+        cfg = self.config
+        return PooledTransitionDrift(cfg.bucket_ms, self._keep, cfg.pooled_recent_ms, cfg.min_support["transition"])
 
     @property
     def now_ms(self) -> int | None:
@@ -335,6 +397,8 @@ class DriftMonitor:
                 s.mark_reference(self._window(kind, ts_ms))
         for t in self._pairs.values():
             t.mark_reference(self._window("transition", ts_ms))
+        for p in self._pooled.values():
+            p.mark_reference(self._window("transition", ts_ms))
         self._volume.mark_reference(self._window("volume", ts_ms))
 
     def _frozen(self, now_ms: int) -> tuple[int, str] | None:
@@ -395,17 +459,8 @@ class DriftMonitor:
                     r = self._volume.evaluate(c, win, counts)
                     if r is not None:
                         results[(c, "volume")] = r
-        tw = self._window("transition", now)
-        for pair in list(self._pairs) if due["transition"] else ():
-            t = self._pairs[pair]
-            r = t.evaluate(tw)
-            if t.empty and self._frozen(now) is None:
-                del self._pairs[pair]
-                continue
-            if r is not None:
-                key = (pair[1], "transition")
-                if key not in results or r["score"] > results[key]["score"]:
-                    results[key] = {**r, "pair": list(pair)}
+        if due["transition"]:
+            results.update(self._evaluate_transitions(now))
         scores: dict[int, dict[str, float]] = {}
         for (c, kind), r in results.items():
             scores.setdefault(c, {})[kind] = r["score"] / self.config.warning[kind]
@@ -435,12 +490,102 @@ class DriftMonitor:
             alert = self._alert(c, kind, r, severity, start, now)
             self._open[key] = alert
             out.append(alert)
+        self._note_changes(now)
+        return out
+
+    def _note_changes(self, now: int) -> None:
+        signatures: dict[int, Any] = {}
+        for c, sc in self._scores.items():
+            signatures[c] = [sorted((k, round(v, 3)) for k, v in sc.items())]
+        for (c, kind), a in self._open.items():
+            if self._gates[(c, kind)].is_open:
+                signatures.setdefault(c, [[]]).append((kind, a.alert_id, a.severity))
+        for c in set(signatures) | set(self._signature):
+            sig = signatures.get(c)
+            if sig is not None:
+                sig = tuple(sorted(sig[1:])), tuple(sig[0])
+            if sig != self._signature.get(c):
+                self._changed[c] = (now, {k: self.reference(k, now) for k in KINDS}, dict(sig[1]) if sig else {})
+                if sig is None:
+                    self._signature.pop(c, None)
+                else:
+                    self._signature[c] = sig
+
+    def changed_at(self, cluster: int) -> int | None:
+        """The boundary at which ``cluster``'s status (scores rounded to 3 places, open alerts) last changed."""
+        ch = self._changed.get(cluster)
+        return ch[0] if ch is not None else None
+
+    def changed_clusters(self) -> list[int]:
+        return sorted(self._changed)
+
+    def _evaluate_transitions(self, now: int) -> dict[tuple[int, str], dict[str, Any]]:
+        """Both transition tests per cluster: the pair JSD (its busiest-scoring pair) and the pooled CUSUM."""
+        tw = self._window("transition", now)
+        frozen = self._frozen(now) is not None
+        best: dict[int, dict[str, Any]] = {}
+        for pair in list(self._pairs):
+            t = self._pairs[pair]
+            r = t.evaluate(tw)
+            if t.empty and not frozen:
+                del self._pairs[pair]
+                continue
+            if r is not None and (pair[1] not in best or r["score"] > best[pair[1]]["score"]):
+                best[pair[1]] = {**r, "pair": list(pair)}
+        staged = {}
+        for c in list(self._pooled):
+            p = self._pooled[c]
+            staged[c] = p.stage(tw)
+            if p.empty and not frozen and p.statistic == 0.0:
+                del self._pooled[c], staged[c]
+        total_o: Counter = Counter()
+        total_e: Counter = Counter()
+        for o, e in staged.values():
+            total_o.update(o)
+            total_e.update(e)
+        per_triple = {}
+        for c, (o, e) in staged.items():  # each cluster against how successors moved in the others
+            x = self._pooled[c].prepare((total_o - o, {s: v - e.get(s, 0.0) for s, v in total_e.items()}))
+            if x is not None:
+                per_triple[c] = x
+        # A change most clusters share is no one cluster's transition drift: each cluster's ratio is taken
+        # relative to the clusters' median when that is positive.
+        offset = max(0.0, float(np.median(list(per_triple.values())))) if len(per_triple) >= 3 else 0.0
+        pooled: dict[int, dict[str, Any]] = {}
+        for c, p in self._pooled.items():
+            r = p.commit(offset)
+            if r is not None:
+                pooled[c] = {**r, "offset": offset}
+        w, pw = self.config.warning["transition"], self.config.pooled_warning
+        out = {}
+        for c in set(best) | set(pooled):
+            rj, rp = best.get(c), pooled.get(c)
+            nj = rj["score"] / w if rj is not None else 0.0
+            npl = rp["score"] / pw if rp is not None else 0.0
+            r = dict(rj) if rj is not None else {"pair": [rp["top_pairs"][0][0], c] if rp["top_pairs"] else None}
+            r["score"] = w * max(nj, npl)
+            r["test"] = "pooled_cusum" if npl > nj else "pair_jsd"
+            tests: dict[str, Any] = {}
+            if rj is not None:
+                tests["pair_jsd"] = {"statistic": rj["score"], "threshold": w, "effect_size": rj["js"],
+                                     "effect_unit": "JSD bits", "support": rj["n_after"], "pair": list(rj["pair"])}
+            if rp is not None:
+                tests["pooled_cusum"] = {
+                    "statistic": rp["score"], "threshold": pw, "effect_size": rp["effect_nats"],
+                    "effect_unit": "nats per triple (mean log-likelihood ratio of the run)",
+                    "support": rp["support"], "llr_per_triple": rp["llr_per_triple"],
+                    "pairs_moved_most": [[[c1, c], v] for c1, v in rp["top_pairs"]]}
+                if r["test"] == "pooled_cusum" and rp["top_pairs"]:
+                    r["pair"] = [rp["top_pairs"][0][0], c]  # the pair that moved most
+            r["tests"] = tests
+            out[(c, "transition")] = r
         return out
 
     def _alert(self, c: int, kind: str, r: dict[str, Any], severity: str, start: int, now: int) -> Alert:
         w = self._window(kind, now)
         lo = w.current[0] if kind != "content" else max(now - self.config.window_ms[kind], w.frozen_ms or 0)
-        evidence = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items() if k != "score"}
+        evidence = {k: _rounded(v) for k, v in r.items() if k != "score"}
+        evidence.update(_test_of(kind, r))
         thr = self.config.critical[kind] if severity == "critical" else self.config.warning[kind]
         return Alert(f"drift-{c}-{kind}-{start}", c, kind, float(r["score"]), thr, severity, lo, now, evidence,
                      now, reference=self.reference(kind, now))
@@ -456,11 +601,16 @@ class DriftMonitor:
         ``alerts`` (the open ones, as dicts) and ``reference`` per kind ({"policy", "since_ms", ...})."""
         open_alerts = [a.to_dict() for (c, kind), a in self._open.items()
                        if c == cluster and self._gates[(c, kind)].is_open]
+        changed = self._changed.get(cluster)
         return {
             "cluster": cluster, "ts_ms": self._evaluated, "scores": dict(self._scores.get(cluster, {})),
             "evidence": {k: v for (c, k), v in self._last.items() if c == cluster},
             "alerts": open_alerts,  # the open alerts (latest severity of each), as Alert.to_dict()
             "reference": {k: self.reference(k) for k in KINDS},
+            # as of the boundary where scores or alerts last changed (what the dataflow publishes)
+            "changed_ms": changed[0] if changed is not None else None,
+            "reference_at_change": changed[1] if changed is not None else None,
+            "scores_at_change": changed[2] if changed is not None else None,  # rounded to 3 places
         }
 
     # -- recovery ------------------------------------------------------------------------------------------
@@ -472,10 +622,12 @@ class DriftMonitor:
             "engagement": {c: e.state() for c, e in self._engagement.items()},
             "content": {c: x.state() for c, x in self._content.items()},
             "pairs": {p: t.state() for p, t in self._pairs.items()},
+            "pooled": {c: p.state() for c, p in self._pooled.items()},
             "volume": self._volume.state(),
             "gates": {k: (g.severity, g.opened_ms) for k, g in self._gates.items()},
             "open": {k: a.to_dict() for k, a in self._open.items()},
             "now": self._now, "evaluated": self._evaluated, "mark": self._mark, "updates": self.updates,
+            "changed": dict(self._changed), "signature": dict(self._signature),
         }
 
     @classmethod
@@ -489,6 +641,8 @@ class DriftMonitor:
                                          cfg.z, cfg.window_ms["content"]).load(st)
         for p, st in snap["pairs"].items():
             m._pairs[p] = TransitionDrift(cfg.bucket_ms, m._keep, cfg.min_support["transition"], cfg.z).load(st)
+        for c, st in snap.get("pooled", {}).items():  # absent in a snapshot from before the pooled test
+            m._pooled[c] = m._new_pooled().load(st)
         m._volume.load(snap["volume"])
         for (c, kind), (sev, opened) in snap["gates"].items():
             w = cfg.warning[kind]
@@ -498,5 +652,6 @@ class DriftMonitor:
             m._open[k] = Alert(d["alert_id"], d["cluster"], d["kind"], d["score"], d["threshold"], d["severity"],
                                d["window"]["start"], d["window"]["end"], d["evidence"], d["ts"], d["reference"])
         m._now, m._evaluated, m._mark, m.updates = snap["now"], snap["evaluated"], snap["mark"], snap["updates"]
+        m._changed, m._signature = dict(snap.get("changed", {})), dict(snap.get("signature", {}))
         m._mark = tuple(m._mark) if m._mark is not None else None
         return m

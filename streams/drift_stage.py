@@ -237,26 +237,23 @@ def _monitor_step(make_monitor: Callable[[], Any], make_cadence: Callable[[], An
             DRIFT_ALERTS.labels(a.kind, a.severity).inc()
         if cadence is not None:
             CADENCE_DEBT.set(cadence.debt)
-        scores = monitor.scores()
-        changed = {c for c, s in scores.items() if last_scores.get(c) != _rounded(s)}
-        # A score that lapsed (the cluster is no longer scored) is a change too: else the index would keep the
-        # last status sent, and whether it was ever sent depends on how the calls split the stream.
-        changed |= {c for c in last_scores if c not in scores and last_scores[c]}
-        changed |= {a.cluster for a in alerts}
-        for c in sorted(changed):
+        scores = monitor.scores()  # for the gauge below
+        # A status goes out when the monitor saw it change (scores, a lapsed score, open alerts), as of the
+        # boundary where it changed: what the index ends with must not depend on how the calls split the stream.
+        # (last_scores: cluster -> boundary of the last status sent; a dict of scores in older recovered state.)
+        for c in monitor.changed_clusters():
+            at = monitor.changed_at(c)
+            if last_scores.get(c) == at:
+                continue
             st = monitor.status(c)
-            out.append(drift_mutation(c, scores=scores.get(c, {}), alerts=[_alert_json(a) for a in st["alerts"]],
-                                      reference=st.get("reference", {}), ts_ms=latest or 0))
-            last_scores[c] = _rounded(scores.get(c, {}))
+            out.append(drift_mutation(c, scores=st["scores_at_change"], alerts=[_alert_json(a) for a in st["alerts"]],
+                                      reference=st["reference_at_change"], ts_ms=at))
+            last_scores[c] = at
         for kind in KINDS:
             DRIFT_SCORE.labels(kind).set(max((s.get(kind, 0.0) for s in scores.values()), default=0.0))
         return (monitor, last_scores, cadence, hold), out
 
     return step
-
-
-def _rounded(scores: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 3) for k, v in scores.items()}
 
 
 def _alert_json(a: Any) -> dict[str, Any]:

@@ -47,8 +47,8 @@ def _engagements(rate_before: float, rate_after: float, change_h: float, hours: 
 
 
 def test_engagement_detects_a_rate_shift():
-    r = _engagements(0.6, 0.3, change_h=90).evaluate(W.now_ms, W)
-    assert r["rate_before"] == pytest.approx(0.6, abs=0.03) and r["rate_after"] < 0.45
+    r = _engagements(0.6, 0.3, change_h=88).evaluate(W.now_ms, W)  # the whole current window after the change
+    assert r["rate_before"] == pytest.approx(0.6, abs=0.03) and r["rate_after"] < 0.4
     assert r["score"] > CFG.warning["engagement"]
 
 
