@@ -671,7 +671,7 @@ class Job:
             reason = _cause(e, (ErrorBudgetExceeded, SourceGone))
             if reason is not None:  # raised in a step or source, wrapped by Bytewax: the clean error, not the wrap
                 raise reason from None
-            if "signal received" not in str(e):  # Bytewax reports Ctrl-C during a run this way
+            if not interrupted(e):
                 raise
             print("[driftrag] interrupted", file=sys.stderr)
         except BaseException as e:
@@ -774,6 +774,13 @@ class _ListKept:
 
     def restore(self, items: list) -> None:
         self.items[:] = items
+
+
+def interrupted(e: BaseException) -> bool:
+    """Whether a Bytewax error is Ctrl-C or SIGTERM: Bytewax reports a signal between steps as "signal
+    received"; one that lands while Python code of a step or source runs is that code's KeyboardInterrupt,
+    wrapped ("error calling `StatefulSourcePartition.next_batch` ..."). Either is a clean stop."""
+    return "signal received" in str(e) or _cause(e, KeyboardInterrupt) is not None
 
 
 def _cause(e: BaseException | None, kind: type[BaseException] | tuple[type[BaseException], ...]
