@@ -130,14 +130,19 @@ def count_episodes(series: Iterable[tuple[int, float]], warning: float, rearm: f
 # -------------------------------------------------------------------------------------------------- the monitor
 
 
-# Calibrated by :func:`calibrate` on the generator's stationary scenario (seeds 11, 12, 13, GeneratorConfig
-# defaults: 3 x 16 clusters x 14 days = 16,128 cluster-hours), target 0.5 false alarms per 1,000 cluster-hours
-# (an even share per kind; transition's share split between its two tests), with minimal effect sizes as floors
-# (transition 0.25 bits, engagement 0.05, content 0.03, volume 0.5 in log share). Reproduce with
+# Calibrated by :func:`calibrate` on the streams without planted drift of seeds 11, 12, 13 (the generator's
+# stationary scenario and the real-log-shaped "retail" one, GeneratorConfig defaults: 32,256 cluster-hours),
+# target 0.5 false alarms per 1,000 cluster-hours, an even share per kind and again per test within a kind (the
+# window test and its CUSUM), with minimal effect sizes as the window tests' floors (transition 0.25 bits,
+# engagement 0.05, content 0.03, volume 0.5 in log share). Reproduce with
 #   .venv/bin/python bench/drift_eval.py --calibrate
 DEFAULT_WARNING = {"transition": 0.25, "engagement": 0.1173, "content": 0.03, "volume": 0.5}
 DEFAULT_CRITICAL = {"transition": 0.5, "engagement": 0.2347, "content": 0.06, "volume": 1.0}
-DEFAULT_POOLED_WARNING = 7.1278  # nats of the pooled CUSUM
+DEFAULT_POOLED_WARNING = 7.1209  # nats of the pooled transition CUSUM
+DEFAULT_CUSUM_WARNING = {"engagement": 10.032, "content": 2.1672, "volume": 15.7132}  # nats of the other CUSUMs
+# The name of each kind's two tests: (window test, accumulating test).
+TESTS = {"transition": ("pair_jsd", "pooled_cusum"), "engagement": ("rate_change", "rate_cusum"),
+         "content": ("centroid_cosine_drop", "cosine_cusum"), "volume": ("log_share_ratio", "share_cusum")}
 
 
 @dataclass
@@ -171,12 +176,36 @@ class DriftConfig:
     # the CUSUM scaled by warning["transition"] / pooled_warning (evidence.test says which).
     pooled_warning: float = DEFAULT_POOLED_WARNING
     pooled_recent_ms: int = 12 * HOUR_MS
+    # The accumulating tests of the other kinds (RateCusum for engagement's positive rate and a cluster's share
+    # of volume, MeanDropCusum for content's cosines; operators.drift_cusum): their warning levels in nats, and
+    # the span of "recent" observations their alternatives are estimated from. As for transition, a kind's score
+    # is the larger of its window test and its CUSUM scaled by warning[kind] / cusum_warning[kind].
+    cusum_warning: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CUSUM_WARNING))
+    cusum_recent_ms: int = 12 * HOUR_MS
+    # The smallest change each CUSUM accumulates (its allowance; smaller ones drain it): half the window tests'
+    # minimal effect sizes (engagement: a rate difference, content: a cosine drop, volume: a log share ratio).
+    # Without it the share CUSUMs of every other cluster fill when one cluster starts trending (their shares
+    # all fall a little), and content's on a catalogue that widens slowly.
+    cusum_min_effect: dict[str, float] = field(default_factory=lambda: {
+        "engagement": 0.025, "content": 0.015, "volume": 0.25})
 
     def __post_init__(self) -> None:
         _check_positive("bucket_ms", self.bucket_ms)
         _check_positive("reference_ms", self.reference_ms)
         _check_positive("pooled_warning", self.pooled_warning)
         _check_positive("pooled_recent_ms", self.pooled_recent_ms)
+        _check_positive("cusum_recent_ms", self.cusum_recent_ms)
+        if set(self.cusum_warning) != {"engagement", "content", "volume"}:
+            raise ValueError(f"cusum_warning needs exactly engagement, content, volume, got "
+                             f"{sorted(self.cusum_warning)}")
+        for k, v in self.cusum_warning.items():
+            _check_positive(f"cusum_warning[{k}]", v)
+        if set(self.cusum_min_effect) != set(self.cusum_warning):
+            raise ValueError(f"cusum_min_effect needs exactly engagement, content, volume, got "
+                             f"{sorted(self.cusum_min_effect)}")
+        for k, v in self.cusum_min_effect.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
+                raise ValueError(f"cusum_min_effect[{k}] must be a finite number >= 0, got {v!r}")
         for name in ("window_ms", "min_support", "warning", "critical"):
             d = getattr(self, name)
             if set(d) != set(KINDS):
@@ -252,11 +281,11 @@ def _test_of(kind: str, r: Mapping[str, Any]) -> dict[str, Any]:
     >>> _test_of("engagement", {"rate_before": 0.6, "rate_after": 0.25, "n_after": 80})
     {'test': 'rate_change', 'effect_size': 0.35, 'support': 80}
     """
+    if "tests" in r and r.get("test") in r["tests"]:
+        d = r["tests"][r["test"]]
+        return {"test": r["test"], "effect_size": _rounded(d["effect_size"]), "support": d["support"]}
     if kind == "transition":
-        t = r.get("test", "pair_jsd")
-        d = r.get("tests", {}).get(t, {})
-        return {"test": t, "effect_size": _rounded(d.get("effect_size", r.get("js"))),
-                "support": d.get("support", r.get("n_after"))}
+        return {"test": "pair_jsd", "effect_size": _rounded(r.get("js")), "support": r.get("n_after")}
     if kind == "engagement":
         return {"test": "rate_change", "effect_size": round(abs(r["rate_after"] - r["rate_before"]), 6),
                 "support": r["n_after"]}
@@ -286,7 +315,8 @@ class DriftMonitor:
         self._content: dict[int, ContentDrift] = {}
         self._pairs: dict[tuple[int, int], TransitionDrift] = {}
         self._pooled: dict[int, PooledTransitionDrift] = {}  # per second cluster c2: all pairs (c1, c2) together
-        self._volume = VolumeDrift(cfg.bucket_ms, self._keep, cfg.min_total, cfg.min_support["volume"], cfg.z)
+        self._volume = VolumeDrift(cfg.bucket_ms, self._keep, cfg.min_total, cfg.min_support["volume"], cfg.z,
+                                   cfg.cusum_recent_ms, cfg.cusum_min_effect["volume"])
         self._gates: dict[tuple[int, str], AlertGate] = {}
         self._open: dict[tuple[int, str], Alert] = {}
         self._scores: dict[int, dict[str, float]] = {}
@@ -308,8 +338,7 @@ class DriftMonitor:
         out = self.advance(ts_ms)
         e = self._engagement.get(cluster)
         if e is None:
-            e = self._engagement[cluster] = EngagementDrift(
-                self.config.bucket_ms, self._keep, self.config.min_support["engagement"], self.config.z)
+            e = self._engagement[cluster] = self._new_engagement()
         e.update(ts_ms, positive)
         self._volume.update(cluster, ts_ms)
         self.updates += 1
@@ -321,8 +350,7 @@ class DriftMonitor:
         out = self.advance(ts_ms)
         e = self._engagement.get(cluster)
         if e is None:
-            e = self._engagement[cluster] = EngagementDrift(
-                self.config.bucket_ms, self._keep, self.config.min_support["engagement"], self.config.z)
+            e = self._engagement[cluster] = self._new_engagement()
         e.update(ts_ms, positive, n)
         self._volume.update(cluster, ts_ms, n)
         self.updates += n
@@ -335,9 +363,7 @@ class DriftMonitor:
         out: list[Alert] = []
         c = self._content.get(cluster)
         if c is None:
-            cfg = self.config
-            c = self._content[cluster] = ContentDrift(cfg.bucket_ms, self._keep, cfg.min_support["content"],
-                                                      cfg.min_reference_items, cfg.z, cfg.window_ms["content"])
+            c = self._content[cluster] = self._new_content()
         c.update(ts_ms, vector, novel)
         self.updates += 1
         return out
@@ -355,6 +381,16 @@ class DriftMonitor:
         p.update(c1, c_next, ts_ms)
         self.updates += 1
         return out
+
+    def _new_engagement(self) -> EngagementDrift:
+        cfg = self.config
+        return EngagementDrift(cfg.bucket_ms, self._keep, cfg.min_support["engagement"], cfg.z, cfg.cusum_recent_ms,
+                               cfg.cusum_min_effect["engagement"])
+
+    def _new_content(self) -> ContentDrift:
+        cfg = self.config
+        return ContentDrift(cfg.bucket_ms, self._keep, cfg.min_support["content"], cfg.min_reference_items, cfg.z,
+                            cfg.window_ms["content"], cfg.cusum_min_effect["content"])
 
     def _new_pooled(self) -> PooledTransitionDrift:
         cfg = self.config
@@ -442,21 +478,22 @@ class DriftMonitor:
                 results[key] = r
         if due["engagement"]:
             for c, e in self._engagement.items():
-                r = e.evaluate(now, self._window("engagement", now))
+                r = self._combine("engagement", e.evaluate(now, self._window("engagement", now)), e.cusum)
                 if r is not None:
                     results[(c, "engagement")] = r
         if due["content"]:
             for c, ct in self._content.items():
-                r = ct.evaluate(self._window("content", now))
+                r = self._combine("content", ct.evaluate(self._window("content", now)), ct.cusum)
                 if r is not None:
                     results[(c, "content")] = r
         if due["volume"]:
             win = self._window("volume", now)
             counts = self._volume.counts(win)
+            self._volume.step_cusums(win, counts)
             self._volume.prune(now)
-            for c in set(counts[0]) | set(counts[1]):
+            for c in set(counts[0]) | set(counts[1]) | set(self._volume.cusums):
                 if c is not None:
-                    r = self._volume.evaluate(c, win, counts)
+                    r = self._combine("volume", self._volume.evaluate(c, win, counts), self._volume.cusums.get(c))
                     if r is not None:
                         results[(c, "volume")] = r
         if due["transition"]:
@@ -484,6 +521,8 @@ class DriftMonitor:
                     self._open.pop(key, None)
                 continue
             assert r is not None
+            if decision != "escalate":
+                self._hold_cusum(c, kind, now + self.config.cooldown(kind))
             severity = "critical" if decision == "escalate" else decision
             first = self._open.get(key)
             start = first.window_end_ms if decision == "escalate" and first is not None else now
@@ -492,6 +531,16 @@ class DriftMonitor:
             out.append(alert)
         self._note_changes(now)
         return out
+
+    def _hold_cusum(self, c: int, kind: str, until_ms: int) -> None:
+        """An alert of ``kind`` opened on ``c``: its accumulating test keeps its level for the cooldown (the time
+        the rolling reference takes to absorb the change), then restarts from 0 (see :class:`Cusum`)."""
+        cu: Any = {"engagement": lambda: getattr(self._engagement.get(c), "cusum", None),
+                   "content": lambda: getattr(self._content.get(c), "cusum", None),
+                   "volume": lambda: self._volume.cusums.get(c),
+                   "transition": lambda: self._pooled.get(c)}[kind]()
+        if cu is not None:
+            cu.hold(until_ms)
 
     def _note_changes(self, now: int) -> None:
         signatures: dict[int, Any] = {}
@@ -518,6 +567,36 @@ class DriftMonitor:
 
     def changed_clusters(self) -> list[int]:
         return sorted(self._changed)
+
+    def _combine(self, kind: str, rw: dict[str, Any] | None, cusum: Any) -> dict[str, Any] | None:
+        """One result of ``kind`` from its window test's result ``rw`` and its CUSUM (None where neither has
+        anything to say): ``score`` is the larger of the two, each as a share of its own warning level, in the
+        kind's units; ``test`` names the one that decided; ``tests`` has both (statistic, threshold, effect
+        size, support)."""
+        window_name, cusum_name = TESTS[kind]
+        rc = cusum.result() if cusum is not None and (cusum.last_llr is not None or cusum.statistic > 0) else None
+        if rw is None and rc is None:
+            return None
+        tests: dict[str, Any] = {}
+        if rw is not None:
+            t = _test_of(kind, rw)
+            tests[window_name] = {"statistic": rw["score"], "threshold": self.config.warning[kind],
+                                  "effect_size": t["effect_size"], "support": t["support"]}
+        if rc is not None:
+            tests[cusum_name] = {**rc, "threshold": self.config.cusum_warning[kind]}
+        return self._decide(kind, rw, tests)
+
+    def _decide(self, kind: str, rw: dict[str, Any] | None, tests: dict[str, Any]) -> dict[str, Any]:
+        """``rw`` (the window test's result, or {}) with ``score``, ``test`` and ``tests`` set from both tests."""
+        w = self.config.warning[kind]
+        window_name, cusum_name = TESTS[kind]
+        nw = tests[window_name]["statistic"] / tests[window_name]["threshold"] if window_name in tests else 0.0
+        nc = tests[cusum_name]["statistic"] / tests[cusum_name]["threshold"] if cusum_name in tests else 0.0
+        r = dict(rw) if rw is not None else {}
+        r["score"] = w * max(nw, nc)
+        r["test"] = cusum_name if nc > nw else window_name
+        r["tests"] = tests
+        return r
 
     def _evaluate_transitions(self, now: int) -> dict[tuple[int, str], dict[str, Any]]:
         """Both transition tests per cluster: the pair JSD (its busiest-scoring pair) and the pooled CUSUM."""
@@ -560,11 +639,6 @@ class DriftMonitor:
         out = {}
         for c in set(best) | set(pooled):
             rj, rp = best.get(c), pooled.get(c)
-            nj = rj["score"] / w if rj is not None else 0.0
-            npl = rp["score"] / pw if rp is not None else 0.0
-            r = dict(rj) if rj is not None else {"pair": [rp["top_pairs"][0][0], c] if rp["top_pairs"] else None}
-            r["score"] = w * max(nj, npl)
-            r["test"] = "pooled_cusum" if npl > nj else "pair_jsd"
             tests: dict[str, Any] = {}
             if rj is not None:
                 tests["pair_jsd"] = {"statistic": rj["score"], "threshold": w, "effect_size": rj["js"],
@@ -575,9 +649,11 @@ class DriftMonitor:
                     "effect_unit": "nats per triple (mean log-likelihood ratio of the run)",
                     "support": rp["support"], "llr_per_triple": rp["llr_per_triple"],
                     "pairs_moved_most": [[[c1, c], v] for c1, v in rp["top_pairs"]]}
-                if r["test"] == "pooled_cusum" and rp["top_pairs"]:
-                    r["pair"] = [rp["top_pairs"][0][0], c]  # the pair that moved most
-            r["tests"] = tests
+            r = self._decide("transition", rj, tests)
+            if rp is not None and rp["top_pairs"] and (r["test"] == "pooled_cusum" or rj is None):
+                r["pair"] = [rp["top_pairs"][0][0], c]  # the pair that moved most
+            elif rj is None:
+                r["pair"] = None
             out[(c, "transition")] = r
         return out
 
@@ -635,10 +711,9 @@ class DriftMonitor:
         m = cls(DriftConfig(**snap["config"]))
         cfg = m.config
         for c, st in snap["engagement"].items():
-            m._engagement[c] = EngagementDrift(cfg.bucket_ms, m._keep, cfg.min_support["engagement"], cfg.z).load(st)
+            m._engagement[c] = m._new_engagement().load(st)
         for c, st in snap["content"].items():
-            m._content[c] = ContentDrift(cfg.bucket_ms, m._keep, cfg.min_support["content"], cfg.min_reference_items,
-                                         cfg.z, cfg.window_ms["content"]).load(st)
+            m._content[c] = m._new_content().load(st)
         for p, st in snap["pairs"].items():
             m._pairs[p] = TransitionDrift(cfg.bucket_ms, m._keep, cfg.min_support["transition"], cfg.z).load(st)
         for c, st in snap.get("pooled", {}).items():  # absent in a snapshot from before the pooled test

@@ -42,6 +42,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from operators.drift_cusum import Cusum
 from operators.drift_signals import HOUR_MS, _bucket_range, _Buckets, _check_positive, _Running, _Window
 
 __all__ = ["PooledTransitionDrift"]
@@ -75,8 +76,7 @@ class PooledTransitionDrift:
 
     def _reset(self) -> None:
         self._ref, self._recent, self._new = _Running(), _Running(), _Running()  # derived from the buckets
-        self._s = 0.0  # the CUSUM
-        self._run_llr, self._run_n = 0.0, 0  # since S last left 0
+        self._cusum = Cusum()  # the statistic, its run since it last left 0, its hold after an alarm
         self._run_pairs: Counter = Counter()  # pair c1 -> its log ratio in the run
         self._last_ms: int | None = None  # end of the last scored span
         self._pending: tuple[int, float, int, Counter] = (0, 0.0, 0, Counter())  # prepared, not committed
@@ -91,7 +91,11 @@ class PooledTransitionDrift:
 
     @property
     def statistic(self) -> float:
-        return self._s
+        return self._cusum.level
+
+    def hold(self, until_ms: int) -> None:
+        """After an alarm: keep the statistic until ``until_ms``, then restart it (:meth:`Cusum.hold`)."""
+        self._cusum.hold(until_ms)
 
     def mark_reference(self, win: _Window) -> None:
         self._frozen = sum(self._buckets.rows(*win.reference), Counter())
@@ -214,33 +218,37 @@ class PooledTransitionDrift:
             return None
         if n_new:
             inc -= offset * n_new
-            self._s = max(0.0, self._s + inc)
-            if self._s == 0.0:
-                self._run_llr, self._run_n, self._run_pairs = 0.0, 0, Counter()
-            else:
-                self._run_llr += inc
-                self._run_n += n_new
+            c = self._cusum
+            held = c.held_until
+            c.step(inc, n_new, self._last_ms)
+            if (held is not None and c.held_until is None) or c.statistic == 0.0:  # restarted, or back at 0
+                self._run_pairs = Counter()
+            if c.statistic > 0.0:
                 self._run_pairs.update(contrib)  # Counter.update adds (negative contributions too)
         return self._result(n_ref, n_new, inc / n_new if n_new else 0.0)
 
     def _result(self, n_ref: int, n_new: int, llr: float = 0.0) -> dict[str, Any]:
         top = sorted(((c1, v) for c1, v in self._run_pairs.items() if v > 0), key=lambda kv: (-kv[1], repr(kv[0])))
-        return {"score": self._s, "measure": "pooled CUSUM of predictive log-likelihood ratios, nats",
-                "effect_nats": self._run_llr / self._run_n if self._run_n else 0.0, "support": self._run_n,
+        c = self._cusum
+        return {"score": c.level, "measure": "pooled CUSUM of predictive log-likelihood ratios, nats",
+                "effect_nats": c.effect, "support": int(c.run_n),
                 "n_reference": n_ref, "n_new": n_new, "llr_per_triple": llr,
                 "top_pairs": [[c1, round(v, 3)] for c1, v in top[: self.k]]}
 
     def state(self) -> dict[str, Any]:
-        return {"buckets": {b: dict(r) for b, r in self._buckets.data.items()}, "s": self._s,
+        c = self._cusum
+        return {"buckets": {b: dict(r) for b, r in self._buckets.data.items()}, "s": c.statistic,
                 "frozen": dict(self._frozen) if self._frozen is not None else None,
-                "run": [self._run_llr, self._run_n, dict(self._run_pairs)], "last_ms": self._last_ms}
+                "run": [c.run_llr, c.run_n, dict(self._run_pairs)], "last_ms": self._last_ms,
+                "held": c.state()[3:]}
 
     def load(self, st: dict[str, Any]) -> PooledTransitionDrift:
         self._buckets.load({b: Counter(r) for b, r in st["buckets"].items()})
         self._reset()
-        self._s, self._last_ms = st["s"], st["last_ms"]
+        self._last_ms = st["last_ms"]
         self._frozen = Counter(st["frozen"]) if st.get("frozen") is not None else None
-        self._run_llr, self._run_n, pairs = st["run"]
+        run_llr, run_n, pairs = st["run"]
+        self._cusum.load([st["s"], run_llr, run_n, *st.get("held", [])])
         self._run_pairs = Counter(pairs)
         return self
 

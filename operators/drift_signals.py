@@ -14,6 +14,8 @@ from typing import Any, Self
 
 import numpy as np
 
+from operators.drift_cusum import MeanDropCusum, RateCusum
+
 __all__ = ["ContentDrift", "EngagementDrift", "TransitionDrift", "VolumeDrift", "jaccard_distance",
            "js_divergence", "top_k"]
 
@@ -278,12 +280,20 @@ class EngagementDrift:
     """
 
     def __init__(self, bucket_ms: int = HOUR_MS, keep_ms: int = 96 * HOUR_MS, min_support: int = 60,
-                 z: float = 2.0) -> None:
+                 z: float = 2.0, recent_ms: int = 12 * HOUR_MS, min_effect: float = 0.0) -> None:
         _check_positive("min_support", min_support)
-        self.min_support, self.z = min_support, z
+        _check_positive("recent_ms", recent_ms)
+        self.min_support, self.z, self.recent_ms = min_support, z, recent_ms
         self._buckets = _Buckets(bucket_ms, keep_ms)
         self._frozen: list[float] | None = None  # [n, positives] at the marked reference
-        self._cur, self._ref = _RunningPair(), _RunningPair()  # derived: rebuilt after a restore
+        # the accumulating test, against the same reference
+        self.cusum = RateCusum(min_reference=min_support, min_effect=min_effect)
+        self._last_ms: int | None = None  # end of the span the CUSUM last scored
+        self._running()
+
+    def _running(self) -> None:
+        """The window sums derived from the buckets (rebuilt after a restore)."""
+        self._cur, self._ref, self._recent, self._new = _RunningPair(), _RunningPair(), _RunningPair(), _RunningPair()
 
     def update(self, ts_ms: int, positive: bool, n: int = 1) -> EngagementDrift:
         """``n`` engagements at ``ts_ms``, ``positive`` of them positive (a bool counts as 0 or 1 of n=1)."""
@@ -291,15 +301,17 @@ class EngagementDrift:
         row[0] += n
         row[1] += positive
         b = ts_ms // self._buckets.bucket_ms
-        self._cur.add(b, n, positive)  # a late engagement inside a window already summed
-        self._ref.add(b, n, positive)
+        for w in (self._cur, self._ref, self._recent, self._new):  # a late engagement inside a window already summed
+            w.add(b, n, positive)
         return self
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickle, also a monitor recovered from before the running window sums existed."""
+        """Unpickle, also a monitor recovered from before the running window sums (or the CUSUM) existed."""
         self.__dict__.update(state)
-        if "_cur" not in state:
-            self._cur, self._ref = _RunningPair(), _RunningPair()
+        if "_cur" not in state or "_new" not in state:
+            self._running()
+        if "cusum" not in state:
+            self.cusum, self._last_ms, self.recent_ms = RateCusum(min_reference=self.min_support), None, 12 * HOUR_MS
 
     def mark_reference(self, win: _Window) -> None:
         self._frozen = _sum_rows(self._buckets.rows(*win.reference), 2)
@@ -310,6 +322,11 @@ class EngagementDrift:
         n0, p0 = self._frozen if win.frozen_ms is not None and self._frozen else \
             self._ref.move(data, *_bucket_range(win.reference, bms))
         n1, p1 = self._cur.move(data, *_bucket_range(win.current, bms))
+        last = self._last_ms if self._last_ms is not None else now_ms
+        recent = self._recent.move(data, *_bucket_range((last - self.recent_ms, last), bms))
+        new = self._new.move(data, *_bucket_range((last, now_ms), bms))
+        self._last_ms = now_ms
+        self.cusum.update((n0, p0), recent, new, now_ms)
         self._buckets.prune(now_ms)  # after the moves: the windows subtract buckets that leave them
         if n0 < self.min_support or n1 < self.min_support:
             return None
@@ -320,12 +337,16 @@ class EngagementDrift:
                 "rate_after": r1, "n_after": int(n1)}
 
     def state(self) -> dict[str, Any]:
-        return {"buckets": {b: list(r) for b, r in self._buckets.data.items()}, "frozen": self._frozen}
+        return {"buckets": {b: list(r) for b, r in self._buckets.data.items()}, "frozen": self._frozen,
+                "cusum": self.cusum.state(), "last_ms": self._last_ms}
 
     def load(self, st: dict[str, Any]) -> EngagementDrift:
         self._buckets.load({b: list(r) for b, r in st["buckets"].items()})
-        self._cur, self._ref = _RunningPair(), _RunningPair()
+        self._running()
         self._frozen = st["frozen"]
+        if "cusum" in st:  # absent in a state from before the CUSUM
+            self.cusum.load(st["cusum"])
+            self._last_ms = st["last_ms"]
         return self
 
 
@@ -349,22 +370,66 @@ class VolumeDrift(_CounterWindows):
     """
 
     def __init__(self, bucket_ms: int = HOUR_MS, keep_ms: int = 96 * HOUR_MS, min_support: int = 200,
-                 min_cluster: int = 20, z: float = 2.0) -> None:
+                 min_cluster: int = 20, z: float = 2.0, recent_ms: int = 12 * HOUR_MS, min_effect: float = 0.0) -> None:
         _check_positive("min_support", min_support)
-        self.min_support, self.min_cluster, self.z = min_support, min_cluster, z
+        _check_positive("recent_ms", recent_ms)
+        self.min_support, self.min_cluster, self.z, self.recent_ms = min_support, min_cluster, z, recent_ms
+        self.min_effect = min_effect  # of the share CUSUMs, in log share
         self._buckets = _Buckets(bucket_ms, keep_ms)  # bucket -> Counter(cluster -> n), with key None = all
         self._frozen: Counter | None = None
-        self._cur, self._ref = _Running(), _Running()  # derived: rebuilt after a restore
+        # The accumulating test per cluster: its share of all engagements as a rate (see step_cusums).
+        self.cusums: dict[Any, RateCusum] = {}
+        self._last_ms: int | None = None
+        self._running()
+
+    def _running(self) -> None:
+        self._cur, self._ref, self._recent, self._new = _Running(), _Running(), _Running(), _Running()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle, also a monitor recovered from before the CUSUMs existed."""
+        self.__dict__.update(state)
+        if "_cur" not in state or "_new" not in state:
+            self._running()
+        if "cusums" not in state:
+            self.cusums, self._last_ms, self.recent_ms = {}, None, 12 * HOUR_MS
 
     def update(self, cluster: int, ts_ms: int, n: int = 1) -> VolumeDrift:
         row = self._buckets.get(ts_ms, Counter)
         row[cluster] += n
         row[None] += n
         b = ts_ms // self._buckets.bucket_ms
-        for w in (self._cur, self._ref):
+        for w in (self._cur, self._ref, self._recent, self._new):
             w.add(b, cluster, n)
             w.add(b, None, n)
         return self
+
+    def _new_cusum(self) -> RateCusum:
+        return RateCusum(min_reference=self.min_support, min_effect=getattr(self, "min_effect", 0.0), scale="log")
+
+    def step_cusums(self, win: _Window, counts: tuple[Counter, Counter]) -> None:
+        """Score the engagements since the last call in every cluster's share CUSUM (call after :meth:`counts`,
+        before :meth:`prune`): null the reference share, alternative the share of the ``recent_ms`` before."""
+        bms, data = self._buckets.bucket_ms, self._buckets.data
+        last = self._last_ms if self._last_ms is not None else win.now_ms
+        recent = self._recent.move(data, *_bucket_range((last - self.recent_ms, last), bms))
+        new = self._new.move(data, *_bucket_range((last, win.now_ms), bms))
+        self._last_ms = win.now_ms
+        ref = counts[0]
+        n0, nr, nn = ref[None], recent[None], new[None]
+        # Shares are parts of one whole: when one cluster starts trending every other share falls a little. Each
+        # cluster is tested against the reference moved the way the median cluster's share moved (recent vs
+        # reference, over the clusters with min_cluster engagements in both), so only its own change counts.
+        moved = sorted(math.log((recent[c] + 0.5) / (nr + 1.0)) - math.log((ref[c] + 0.5) / (n0 + 1.0))
+                       for c in ref if c is not None and ref[c] >= self.min_cluster
+                       and recent.get(c, 0) >= self.min_cluster)
+        tilt = float(np.median(moved)) if len(moved) >= 3 else 0.0
+        for c in set(ref) | set(recent) | set(new):
+            if c is None:
+                continue
+            cu = self.cusums.get(c)
+            if cu is None:
+                cu = self.cusums[c] = self._new_cusum()
+            cu.update((n0, ref.get(c, 0)), (nr, recent.get(c, 0)), (nn, new.get(c, 0)), win.now_ms, tilt)
 
     def mark_reference(self, win: _Window) -> None:
         self._frozen = sum(self._buckets.rows(*win.reference), Counter())
@@ -393,6 +458,17 @@ class VolumeDrift(_CounterWindows):
         return {"score": max(0.0, abs(lr) - self.z * se), "measure": "|log share ratio| - z*se",
                 "share_before": c0 / n0, "count_before": int(c0), "share_after": c1 / n1, "count_after": int(c1),
                 "total_before": int(n0), "total_after": int(n1)}
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "cusums": {c: cu.state() for c, cu in self.cusums.items()},
+                "last_ms": self._last_ms}
+
+    def load(self, st: dict[str, Any]) -> VolumeDrift:
+        super().load(st)
+        self._running()
+        self.cusums = {c: self._new_cusum().load(v) for c, v in st.get("cusums", {}).items()}
+        self._last_ms = st.get("last_ms")
+        return self
 
 
 class TransitionDrift(_CounterWindows):
@@ -472,12 +548,24 @@ class ContentDrift:
     """
 
     def __init__(self, bucket_ms: int = HOUR_MS, keep_ms: int = 96 * HOUR_MS, min_support: int = 4,
-                 min_reference: int = 10, z: float = 2.0, window_ms: int = 24 * HOUR_MS) -> None:
+                 min_reference: int = 10, z: float = 2.0, window_ms: int = 24 * HOUR_MS, min_effect: float = 0.0
+                 ) -> None:
         _check_positive("min_support", min_support)
         self.min_support, self.min_reference, self.z, self.window_ms = min_support, min_reference, z, window_ms
         self._buckets = _Buckets(bucket_ms, window_ms + 2 * bucket_ms)  # bucket -> [(unit vector, novel)]
         self._total: list[Any] | None = None  # [vec_sum, n, novel, sum_a, sum_a2, n_a] over every item seen
         self._frozen: list[Any] | None = None  # the same, at a marked reference
+        # The accumulating test: fresh items' cosines to the reference centroid, scored as they arrive.
+        self.cusum = MeanDropCusum(min_reference=min_reference, min_effect=min_effect)
+        self.recent_ms = min(12 * HOUR_MS, window_ms)
+        self._last_ms: int | None = None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle, also a monitor recovered from before the CUSUM existed."""
+        self.__dict__.update(state)
+        if "cusum" not in state:
+            self.cusum, self._last_ms = MeanDropCusum(min_reference=self.min_reference), None
+            self.recent_ms = min(12 * HOUR_MS, self.window_ms)
 
     def update(self, ts_ms: int, vector: np.ndarray, novel: bool = False) -> ContentDrift:
         v = np.asarray(vector, dtype=np.float64).ravel()
@@ -528,13 +616,19 @@ class ContentDrift:
         s0, n0 = ref[0], ref[1]
         n1 = len(fresh)
         r0 = float(np.linalg.norm(s0))
-        if n1 < self.min_support or n0 < self.min_reference or r0 <= 0:
+        last = self._last_ms if self._last_ms is not None else win.now_ms
+        self._last_ms = win.now_ms
+        if n0 < self.min_reference or r0 <= 0:
             return None
         c0 = s0 / r0
         m0 = (r0 * r0 - n0) / (n0 * r0)  # mean leave-one-out cosine of the reference items to their centroid
+        var_ref = ref[4] / ref[5] - (ref[3] / ref[5]) ** 2 if ref[5] > 1 else None
+        self._step_cusum(c0, m0, var_ref, n0, last, win.now_ms)
+        if n1 < self.min_support:
+            return None
         a = np.array([v @ c0 for v, _ in fresh])
         m1, var1 = float(a.mean()), float(a.var(ddof=1)) if n1 > 1 else 0.0
-        var0 = ref[4] / ref[5] - (ref[3] / ref[5]) ** 2 if ref[5] > 1 else var1
+        var0 = var_ref if var_ref is not None else var1
         var0 = max(var0, 1e-4)
         se = math.sqrt(var0 / n0 + max(var1, var0) / n1)
         mean1 = sum((v for v, _ in fresh), np.zeros_like(c0))
@@ -543,11 +637,23 @@ class ContentDrift:
                 "cos_before": m0, "cos_after": m1, "centroid_shift": shift, "n_before": int(n0), "n_after": n1,
                 "novel_share_before": ref[2] / n0, "novel_share_after": sum(n for _, n in fresh) / n1}
 
+    def _step_cusum(self, c0: np.ndarray, m0: float, var_ref: float | None, n0: int, last: int, now: int) -> None:
+        """Score the items of the buckets in [last, now) in the CUSUM (items published ahead of event time wait
+        for it); the alternative is the mean of the ``recent_ms`` before ``last``."""
+        if var_ref is None:
+            return
+        bms, data = self._buckets.bucket_ms, self._buckets.data
+        first, mid, end = -(-(last - self.recent_ms) // bms), -(-last // bms), -(-now // bms)
+        recent = [float(v @ c0) for b in range(first, mid) for v, _ in data.get(b, ())]
+        new = [float(v @ c0) for b in range(mid, end) for v, _ in data.get(b, ())]
+        self.cusum.update((m0, var_ref, n0), (sum(recent), len(recent)), new, now)
+
     def state(self) -> dict[str, Any]:
         def plain(row: list[Any] | None) -> list[Any] | None:
             return None if row is None else [row[0].tolist(), *row[1:]]
         return {"buckets": {b: [(v.tolist(), n) for v, n in r] for b, r in self._buckets.data.items()},
-                "total": plain(self._total), "frozen": plain(self._frozen)}
+                "total": plain(self._total), "frozen": plain(self._frozen), "cusum": self.cusum.state(),
+                "last_ms": self._last_ms}
 
     def load(self, st: dict[str, Any]) -> ContentDrift:
         def arr(row: list[Any] | None) -> list[Any] | None:
@@ -555,4 +661,7 @@ class ContentDrift:
         self._buckets.load({b: [(np.asarray(v, dtype=np.float64), n) for v, n in r]
                             for b, r in st["buckets"].items()})
         self._total, self._frozen = arr(st["total"]), arr(st["frozen"])
+        if "cusum" in st:  # absent in a state from before the CUSUM
+            self.cusum.load(st["cusum"])
+            self._last_ms = st["last_ms"]
         return self
