@@ -39,7 +39,7 @@ from operators.item_join import OrderedItemJoin
 from operators.microbatch import MicroBatcher
 from streams.contract import ContentEvent, Engagement
 from streams.errors import GuardedLogic, guard_batch
-from streams.metrics import track_embed_queue
+from streams.metrics import NO_COUNTS, StepCounts, track_embed_queue
 
 CACHE_LOOKUPS = Counter("driftrag_embedding_cache_total",
                         "Embedding cache lookups: hit (memory), store (on disk), miss (embedded)", ["result"])
@@ -248,9 +248,10 @@ def user_shard(user_id: str, shards: int) -> str:
     return str(zlib.crc32(user_id.encode()) % shards)
 
 
-def cluster_events(events: Stream[Engagement | ContentEvent], config: ClusteringConfig
-                   ) -> tuple[Stream[EmbeddedItem], Stream[ClusteredEngagement]]:
-    """Wire the content stage onto the stream of valid events; returns (items, clustered engagements)."""
+def cluster_events(events: Stream[Engagement | ContentEvent], config: ClusteringConfig,
+                   counts: StepCounts = NO_COUNTS) -> tuple[Stream[EmbeddedItem], Stream[ClusteredEngagement]]:
+    """Wire the content stage onto the stream of valid events; returns (items, clustered engagements), counted in
+    ``counts`` as ``items`` and ``clustered`` by the steps that produce them."""
     embedder = ProcessEmbedder(config)
     shards = config.shards
     def shard_content(batch: list[Engagement | ContentEvent]) -> list[tuple[str, ContentEvent]]:
@@ -261,31 +262,51 @@ def cluster_events(events: Stream[Engagement | ContentEvent], config: Clustering
     batches = op.stateful("micro_batch", keyed, lambda resume: _micro_batch_logic(config, resume, embedder.known))
     # One model call per Bytewax batch of micro-batches: cached texts leave micro_batch one by one (no wait), and a
     # burst of them (a catalogue re-sent) must still become one call and one downstream batch, not one per text.
-    items = op.flat_map_batch("embed_and_assign", batches, guard_batch(
+    items = op.flat_map_batch("embed_and_assign", batches, counts.counting("items", guard_batch(
         "embed_and_assign", lambda kvs: embedder.embed([c for _, batch in kvs for c in batch]),
-        split=lambda kvs: [(c, [("", [c])]) for _, batch in kvs for c in batch]))
+        split=lambda kvs: [(c, [("", [c])]) for _, batch in kvs for c in batch])))
     shard_keys = [str(s) for s in range(shards)]
     joined_in = op.merge(
         "items_and_engagements",
         # (item_id, cluster) only, not the vector and text: this goes to every shard, across processes too
         op.flat_map_batch("items_to_every_shard", items,
                           lambda batch: [(k, (i.item_id, i.cluster, i.ts_ms)) for i in batch for k in shard_keys]),
-        op.flat_map_batch("shard_engagements_by_user", events,
-                          lambda batch: [(user_shard(e.user_id, shards), e) for e in batch if type(e) is Engagement]),
+        op.flat_map_batch("shard_engagements_by_user", events, shard_engagements_by_user(shards)),
     )
     def join(resume: tuple | None) -> UserShardJoin:
         return UserShardJoin(config.max_pending, config.max_wait_ms, resume)
 
     clustered = op.flat_map_batch("unkey", op.stateful_batch(
-        "join_item_clusters", joined_in, lambda resume: GuardedLogic("join_item_clusters", join, resume)), unkey)
+        "join_item_clusters", joined_in, lambda resume: GuardedLogic("join_item_clusters", join, resume)),
+        counts.counting("clustered", unkey))
     return items, clustered
 
 
-def tally_items(clustered: Stream[ClusteredEngagement]) -> Stream[ClusteredEngagement]:
-    """Each item's engagement tally (``item_stats``), latest per item and batch: what the index keeps."""
-    by_item = op.flat_map_batch("key_by_item", clustered, lambda batch: [(ce.engagement.item_id, ce) for ce in batch])
+def shard_engagements_by_user(shards: int) -> Callable[[list[Engagement | ContentEvent]], list[tuple[str, Any]]]:
+    """A batch's engagements keyed by their user's join shard (:func:`user_shard`). One shard (one worker, the
+    usual file or replay job) needs no hash per engagement: every key is ``"0"``.
+
+    >>> e = Engagement("u1", "i1", "like", 1, True)
+    >>> shard_engagements_by_user(1)([e]) == [("0", e)], shard_engagements_by_user(4)([e]) == [(user_shard("u1", 4), e)]
+    (True, True)
+    """
+    if shards == 1:
+        return lambda batch: [("0", e) for e in batch if type(e) is Engagement]
+    return lambda batch: [(user_shard(e.user_id, shards), e) for e in batch if type(e) is Engagement]
+
+
+def key_by_item(batch: list[ClusteredEngagement]) -> list[tuple[str, ClusteredEngagement]]:
+    return [(ce.engagement.item_id, ce) for ce in batch]
+
+
+def tally_items(clustered: Stream[ClusteredEngagement], counts: StepCounts = NO_COUNTS
+                ) -> Stream[ClusteredEngagement]:
+    """Each item's engagement tally (``item_stats``), latest per item and batch: what the index keeps (counted in
+    ``counts`` as ``tallies``)."""
+    by_item = op.flat_map_batch("key_by_item", clustered, key_by_item)
     return op.flat_map_batch("unkey_tallies", op.stateful_batch(
-        "tally_items", by_item, lambda resume: GuardedLogic("tally_items", ItemTally, resume)), unkey)
+        "tally_items", by_item, lambda resume: GuardedLogic("tally_items", ItemTally, resume)),
+        counts.counting("tallies", unkey))
 
 
 def _micro_batch_logic(config: ClusteringConfig, resume: list[Any] | None,

@@ -285,8 +285,46 @@ class Validator:
             return DeadLetter(e.reason, e.detail, e.field, msg.topic, msg.partition, msg.offset, msg.key, msg.value)
 
     def validate_batch(self, msgs: list[RawMessage]) -> list[Engagement | ContentEvent | DeadLetter]:
-        validate = self.validate
-        return [validate(m) for m in msgs]
+        """``[validate(m) for m in msgs]``, with the common case inlined: an engagement whose fields are all of
+        the contract's types and in its bounds (ts as epoch ms, no text) is checked in one expression and built
+        at once; anything else takes :meth:`validate`, which gives the same result for those and the dead letter
+        (or the RFC 3339 time, the text) for the rest. The wall clock of the event-time guard is read once per
+        batch, not per message."""
+        out: list[Engagement | ContentEvent | DeadLetter] = []
+        append, validate, loads = out.append, self.validate, orjson.loads
+        eng_topic, max_bytes, max_id, dwell_min = (self.engagements_topic, self.max_message_bytes, self.max_id_chars,
+                                                   self.positive_dwell_ms)
+        future = self.max_future_ms
+        wall_ms = int(self.clock() * 1000) if future is not None else 0
+        for m in msgs:
+            value = m.value
+            if m.topic != eng_topic or not value or len(value) > max_bytes:
+                append(validate(m))
+                continue
+            try:
+                obj = loads(value)
+            except orjson.JSONDecodeError:
+                append(validate(m))
+                continue
+            if type(obj) is not dict:
+                append(validate(m))
+                continue
+            get = obj.get
+            user_id, item_id, action, ts, dwell, event_id = (get("user_id"), get("item_id"), get("action"),
+                                                             get("ts"), get("dwell_ms"), get("event_id"))
+            if not (type(user_id) is str and 0 < len(user_id) <= max_id and type(item_id) is str
+                    and 0 < len(item_id) <= max_id and type(action) is str and action in ACTIONS
+                    and type(ts) is int and _TS_MIN_MS <= ts < _TS_MAX_MS
+                    and (future is None or ts <= (wall_ms if m.ref_ms is None else m.ref_ms) + future)
+                    and (dwell is None or (type(dwell) is int and dwell >= 0))
+                    and (event_id is None or (type(event_id) is str and 0 < len(event_id) <= max_id))
+                    and get("text") is None):
+                append(validate(m))
+                continue
+            positive = action in POSITIVE_ACTIONS or (action == "view" and dwell is not None and dwell >= dwell_min)
+            append(Engagement(user_id, item_id, action, ts, positive, dwell, event_id, None, m.ingest_ms,
+                              m.partition))
+        return out
 
     # -- pieces -------------------------------------------------------------------------------------------
 

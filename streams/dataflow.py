@@ -2,9 +2,8 @@
 
     source (Kafka | files | embedded generator)          RawMessage
       -> validate                                           Engagement | ContentEvent | DeadLetter
-      -> split_dead_letters
-           trues  -> encode_dead_letter -> dead-letter sink KeyedValue(key, dead-letter JSON)
-           falses -> (valid sink)                           Engagement | ContentEvent
+           -> dead_letters -> dead-letter sink              KeyedValue(key, dead-letter JSON)
+           -> valid_events -> (valid sink)                  Engagement | ContentEvent
                   -> content stage (when clustering)        see streams/content_stage.py
                        -> items sink                        EmbeddedItem
                        -> events sink                       ClusteredEngagement
@@ -17,10 +16,12 @@
 The events sink is where the next stages (transitions, drift, index) attach.
 Every step is a named function that can be tested alone.
 
-``count_*`` steps pass batches through unchanged and add their lengths to ``driftrag_step_records_total{step,
-direction}`` (one increment per batch and label): records into and out of validate, content (embedding and the
-item join), transitions, drift and index (mutations). A stream that leaves one step and enters others is counted
-for each in one step.
+``driftrag_step_records_total{step, direction}`` counts records into and out of validate, content (embedding and
+the item join), transitions, drift and index (mutations), one increment per batch and label. The step that
+produces a stream counts it (:class:`streams.metrics.StepCounts`), for every step it leaves and enters: no step
+exists only to count, since each Bytewax step costs the runtime a hop per batch for every record in it. The drift
+step's outputs are still counted by ``count_*`` steps of their own (few records: alerts, cadence, drift status),
+and so are the index mutations (see ``count_mutations``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from streams.contract import ContentEvent, DeadLetter, Engagement, Validator, de
 from streams.drift_stage import drift_alerts_and_status
 from streams.errors import guard_batch
 from streams.index_stage import index_mutations
-from streams.metrics import DEAD_LETTERS, STEP_RECORDS
+from streams.metrics import DEAD_LETTERS, STEP_RECORDS, StepCounts
 from streams.sinks import KeyedValue
 from streams.transitions_stage import mine_successors
 
@@ -81,6 +82,17 @@ def encode_dead_letter(dl: DeadLetter) -> KeyedValue:
     return KeyedValue(dead_letter_key(dl.key), dl.to_json())
 
 
+def dead_letters(batch: list[Engagement | ContentEvent | DeadLetter]) -> list[KeyedValue]:
+    """The batch's dead letters, encoded for the dead-letter topic (one step for the split and the encoding,
+    instead of a predicate and a map called per record)."""
+    return [encode_dead_letter(x) for x in batch if type(x) is DeadLetter]
+
+
+def valid_events(batch: list[Engagement | ContentEvent | DeadLetter]) -> list[Engagement | ContentEvent]:
+    """The batch's valid events, in order."""
+    return [x for x in batch if type(x) is not DeadLetter]
+
+
 def build_flow(
     source: Source,
     validator: Validator,
@@ -102,35 +114,44 @@ def build_flow(
     flow_id: str = "driftrag",
 ) -> Dataflow:
     flow = Dataflow(flow_id)
-    raw = count("count_read", op.input("read", flow, source), ("validate", "in"))
-    checked = op.flat_map_batch("validate", raw, guard_batch("validate", validator.validate_batch))
-    split = op.branch("split_dead_letters", checked, is_dead_letter)
-    dead = op.map("encode_dead_letter", split.trues, encode_dead_letter)
-    write("write_dead_letters", dead, dead_letter_sink)
-    valid = count("count_valid", split.falses, ("validate", "out"), *[("content", "in")] * (clustering is not None))
+    later = pairs_sink is not None or mutations_sink is not None or drift_monitor is not None
+    drift = [("drift", "in")] * (drift_monitor is not None)
+    index = [("index", "in")] * (mutations_sink is not None)
+    counts = StepCounts({
+        "read": [("validate", "in")],
+        "valid": [("validate", "out"), *[("content", "in")] * (clustering is not None)],
+        "items": [("content", "out"), *drift, *index],
+        "clustered": [("content", "out"), *[("transitions", "in")] * later, *drift],
+        "triples": drift,
+        "pair_states": [("transitions", "out"), *index],
+        "tallies": index,
+    })
+    validate = guard_batch("validate", validator.validate_batch)
+
+    def counted_validate(batch: list[Any]) -> list[Any]:
+        counts.add("read", len(batch))
+        return validate(batch)
+
+    checked = op.flat_map_batch("validate", op.input("read", flow, source), counted_validate)
+    write("write_dead_letters", op.flat_map_batch("dead_letters", checked, dead_letters), dead_letter_sink)
+    valid = op.flat_map_batch("valid_events", checked, counts.counting("valid", valid_events))
     if valid_sink is not None:
         write("write_valid", valid, valid_sink)
     if clustering is None:
         write("write_events", valid, events_sink)
         return flow
-    items, clustered = cluster_events(valid, clustering)
-    later = pairs_sink is not None or mutations_sink is not None or drift_monitor is not None
-    drift = [("drift", "in")] * (drift_monitor is not None)
-    index = [("index", "in")] * (mutations_sink is not None)
-    items = count("count_items", items, ("content", "out"), *drift, *index)
-    clustered = count("count_clustered", clustered, ("content", "out"), *[("transitions", "in")] * later, *drift)
+    items, clustered = cluster_events(valid, clustering, counts)
     if items_sink is not None:
         write("write_items", items, items_sink)
     write("write_events", clustered, events_sink)
-    if pairs_sink is None and mutations_sink is None and drift_monitor is None:
+    if not later:
         return flow
-    triples, pair_states = mine_successors(clustered, half_life_ms=half_life_ms, trend_window_ms=trend_window_ms)
-    pair_states = count("count_pair_states", pair_states, ("transitions", "out"), *index)
+    triples, pair_states = mine_successors(clustered, half_life_ms=half_life_ms, trend_window_ms=trend_window_ms,
+                                           counts=counts)
     if pairs_sink is not None:
         write("write_pairs", pair_states, pairs_sink)
     drift_status = None
     if drift_monitor is not None:
-        triples = count("count_triples", triples, ("drift", "in"))
         alerts, drift_status, cadence_events = drift_alerts_and_status(items, clustered, triples, drift_monitor,
                                                                        cadence, engagement_partitions)
         alerts = count("count_alerts", alerts, ("drift", "out"))
@@ -141,9 +162,10 @@ def build_flow(
         if cadence_sink is not None:
             write("write_cadence", cadence_events, cadence_sink)
     if mutations_sink is not None:
-        tallies = count("count_tallies", tally_items(clustered), ("index", "in"))
-        mutations = index_mutations(items, tallies, pair_states)
+        mutations = index_mutations(items, tally_items(clustered, counts), pair_states)
         if drift_status is not None:
             mutations = op.merge("index_and_drift_mutations", mutations, drift_status)
+        # This step also hands the sink one batch of the merged streams per activation: straight after the merge,
+        # the index would apply (and publish a version for) each input's batch apart, ~4x the applies.
         write("write_index_mutations", count("count_mutations", mutations, ("index", "out")), mutations_sink)
     return flow

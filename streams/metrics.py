@@ -26,7 +26,7 @@ from prometheus_client import Counter, Gauge
 __all__ = [
     "BUILD_INFO", "CONSUMER_LAG", "CONSUMER_LAGS", "DATAFLOW_RUNNING", "DEAD_LETTERS", "DIRECTIONS", "EMBED_QUEUE",
     "EVENTS_VALID", "EVENT_TIME", "MUTATIONS_PRODUCED", "STEPS", "STEP_RECORDS", "ConsumerLags", "EventTime",
-    "build_info", "track_embed_queue",
+    "NO_COUNTS", "StepCounts", "build_info", "track_embed_queue",
 ]
 
 EVENTS_VALID = Counter("driftrag_events_valid_total", "Events that passed the contract", ["kind"])
@@ -47,6 +47,48 @@ STEPS = ("validate", "content", "transitions", "drift", "index")
 DIRECTIONS = ("in", "out")
 STEP_RECORDS = Counter("driftrag_step_records_total", "Records into (in) and out of (out) a main dataflow step",
                        ["step", "direction"])
+
+
+class StepCounts:
+    """Which ``driftrag_step_records_total{step, direction}`` counters each named stream of the dataflow adds its
+    records to, applied inside the step that produces the stream: one increment per batch and label, and no
+    Bytewax step of its own (a pass-through counting step costs the runtime a hop per batch for every record).
+
+    >>> counts = StepCounts({"items": [("content", "out")]})
+    >>> before = STEP_RECORDS.labels("content", "out")._value.get()
+    >>> counts.counting("items", lambda batch: batch[1:])([1, 2, 3]), counts.counting("other", len) is len
+    ([2, 3], True)
+    >>> STEP_RECORDS.labels("content", "out")._value.get() - before
+    2.0
+    """
+
+    def __init__(self, labels: dict[str, list[tuple[str, str]]] | None = None) -> None:
+        self._counters = {name: [STEP_RECORDS.labels(step, direction) for step, direction in pairs]
+                          for name, pairs in (labels or {}).items() if pairs}
+
+    def add(self, stream: str, n: int) -> None:
+        """Add ``n`` records of ``stream`` to its counters (none: nothing)."""
+        for c in self._counters.get(stream, ()):
+            c.inc(n)
+
+    def counting(self, stream: str, fn: Any) -> Any:
+        """``fn`` (a batch function returning a list: ``stream``'s records) counting what it returns; ``fn`` itself
+        where ``stream`` has no counters."""
+        counters = self._counters.get(stream)
+        if not counters:
+            return fn
+
+        def counted(batch: list[Any]) -> list[Any]:
+            out = fn(batch)
+            n = len(out)
+            for c in counters:
+                c.inc(n)
+            return out
+        return counted
+
+
+NO_COUNTS = StepCounts()  # stages wired without a dataflow around them (tests): nothing counted
+
 EMBED_QUEUE = Gauge("driftrag_embed_queue_depth", "Content texts waiting in the embedding micro-batchers")
 MUTATIONS_PRODUCED = Counter("driftrag_index_mutations_produced_total",
                              "Index mutations the job wrote to its index sink (changelog topic or in-process index)",

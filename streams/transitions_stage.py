@@ -10,15 +10,19 @@ idempotent upsert: replaying it, or reading only the latest per pair, gives the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Stream, operator
+from bytewax.operators import KeyedStream, StatefulBatchLogic
 from prometheus_client import Counter
 
 from operators.successors import PairSuccessors, Successor, rank_successors
 from streams.content_stage import ClusteredEngagement, unkey
-from streams.errors import guard_keyed
+from streams.errors import KeyedFold
+from streams.metrics import NO_COUNTS, StepCounts
 
 LATE_ENGAGEMENTS = Counter("driftrag_transitions_late_total",
                            "Positive engagements left out of the transition rule: older than the user's last one")
@@ -73,16 +77,40 @@ def track_user_clusters(state: tuple | None, ce: ClusteredEngagement) -> tuple[t
 
 
 def _count_successors(half_life_ms: int, trend_window_ms: int):  # noqa: ANN202
+    """The per-triple step ``(state, triple) -> (state, [PairState])``; its ``fold`` does a pair's whole batch."""
     def step(state: PairSuccessors | None, t: Triple) -> tuple[PairSuccessors, list[PairState]]:
         # A new state object, the old one untouched: a failure part-way leaves the pair as it was (streams.errors).
-        state = PairSuccessors(half_life_ms) if state is None else state.copy()
-        state.roll_reference(t.ts_ms, trend_window_ms)
-        state.update(t.c_next, t.ts_ms)
-        now = state.latest_ms or t.ts_ms  # a late triple does not move the pair's clock back
-        return state, [PairState((t.c1, t.c2), state.counts(now), state.reference, state.total(now), now,
-                                 t.ingest_ms, half_life_ms)]
+        return fold(state, [t])
 
+    def fold(state: PairSuccessors | None, triples: list[Triple]) -> tuple[PairSuccessors, list[PairState]]:
+        """A pair's triples of one batch: one copy of the state for all of them (the old one untouched), one full
+        PairState after each."""
+        state = PairSuccessors(half_life_ms) if state is None else state.copy()
+        out = []
+        for t in triples:
+            state.roll_reference(t.ts_ms, trend_window_ms)
+            state.update(t.c_next, t.ts_ms)
+            now = state.latest_ms or t.ts_ms  # a late triple does not move the pair's clock back
+            out.append(PairState((t.c1, t.c2), state.counts(now), state.reference, state.total(now), now,
+                                 t.ingest_ms, half_life_ms))
+        return state, out
+
+    step.fold = fold
     return step
+
+
+@operator
+def _stateful(step_id: str, up: KeyedStream[Any], builder: Callable[[Any], StatefulBatchLogic]
+              ) -> KeyedStream[Any]:
+    return op.stateful_batch("stateful_batch", up, builder)
+
+
+@operator
+def keyed_fold(step_id: str, up: KeyedStream[Any], builder: Callable[[Any], StatefulBatchLogic]
+               ) -> KeyedStream[Any]:
+    """``op.stateful_batch`` under the step id ``op.stateful_flat_map`` gives its core step (``{step_id}.stateful.
+    stateful_batch``): recovery snapshots written by the earlier per-value steps resume into the batch ones."""
+    return _stateful("stateful", up, builder)
 
 
 def _ts(ce: ClusteredEngagement) -> int:
@@ -107,14 +135,18 @@ def key_positive_by_user(batch: list[ClusteredEngagement]) -> list[tuple[str, Cl
     return [(ce.engagement.user_id, ce) for ce in sorted(batch, key=_ts) if ce.engagement.positive]
 
 
-def mine_successors(clustered: Stream[ClusteredEngagement], *, half_life_ms: int, trend_window_ms: int = 86_400_000
-                    ) -> tuple[Stream[Triple], Stream[PairState]]:
-    """Wire the transition rule and the decayed successor counts onto clustered engagements."""
+def mine_successors(clustered: Stream[ClusteredEngagement], *, half_life_ms: int, trend_window_ms: int = 86_400_000,
+                    counts: StepCounts = NO_COUNTS) -> tuple[Stream[Triple], Stream[PairState]]:
+    """Wire the transition rule and the decayed successor counts onto clustered engagements; returns (triples,
+    pair states), counted in ``counts`` as ``triples`` and ``pair_states`` by the steps that produce them."""
     by_user = op.flat_map_batch("key_positive_by_user", clustered, key_positive_by_user)
-    triples = op.flat_map_batch("unkey_triples", op.stateful_flat_map(
-        "track_user_clusters", by_user, guard_keyed("track_user_clusters", track_user_clusters)), unkey)
+    triples = op.flat_map_batch("unkey_triples", keyed_fold(
+        "track_user_clusters", by_user, lambda resume: KeyedFold("track_user_clusters", track_user_clusters, resume)),
+        counts.counting("triples", unkey))
     by_pair = op.flat_map_batch("key_by_pair", triples,
                                 lambda batch: [(f"{t.c1},{t.c2}", t) for t in sorted(batch, key=_triple_ts)])
-    states = op.stateful_flat_map("count_successors", by_pair,
-                                  guard_keyed("count_successors", _count_successors(half_life_ms, trend_window_ms)))
-    return triples, op.flat_map_batch("unkey_pair_states", states, unkey)
+    step = _count_successors(half_life_ms, trend_window_ms)
+    fold = getattr(step, "fold", None)
+    states = keyed_fold("count_successors", by_pair,
+                        lambda resume: KeyedFold("count_successors", step, resume, fold))
+    return triples, op.flat_map_batch("unkey_pair_states", states, counts.counting("pair_states", unkey))
