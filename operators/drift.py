@@ -592,6 +592,9 @@ class DriftMonitor:
         window_name, cusum_name = TESTS[kind]
         nw = tests[window_name]["statistic"] / tests[window_name]["threshold"] if window_name in tests else 0.0
         nc = tests[cusum_name]["statistic"] / tests[cusum_name]["threshold"] if cusum_name in tests else 0.0
+        # A CUSUM counts evidence, not effect size: past its critical level more evidence says the change is
+        # surer, not bigger, so it ranks no higher than that (a long ramp's statistic grows without bound).
+        nc = min(nc, self.config.critical[kind] / w)
         r = dict(rw) if rw is not None else {}
         r["score"] = w * max(nw, nc)
         r["test"] = cusum_name if nc > nw else window_name

@@ -152,6 +152,7 @@ class RateCusum(Cusum):
         self.beta, self.min_reference, self.min_effect, self.scale = beta, min_reference, min_effect, scale
         self.rate_reference: float | None = None
         self.rate_recent: float | None = None
+        self.counts: dict[str, list[int]] = {}
 
     def update(self, reference: tuple[float, float], recent: tuple[float, float], new: tuple[float, float],
                now_ms: int | None = None, tilt: float = 0.0) -> RateCusum:
@@ -164,6 +165,7 @@ class RateCusum(Cusum):
         p0 = min((k0 + 0.5) / (n0 + 1.0) * math.exp(tilt), 1.0 - 1e-9)
         pa = (kr + self.beta * p0) / (nr + self.beta)
         self.rate_reference, self.rate_recent = p0, pa
+        self.counts = {"reference": [int(n0), int(k0)], "recent": [int(nr), int(kr)]}  # [trials, successes]
         llr = k * math.log(pa / p0) + (n - k) * math.log((1.0 - pa) / (1.0 - p0))
         self.step(llr - n * self.allowance(p0), n, now_ms)
         return self
@@ -183,7 +185,7 @@ class RateCusum(Cusum):
         return {"statistic": self.level, "effect_size": self.effect, "support": int(self.run_n),
                 "effect_unit": "nats per observation (mean log-likelihood ratio of the run)",
                 "llr_per_observation": self.last_llr, "rate_reference": self.rate_reference,
-                "rate_recent": self.rate_recent}
+                "rate_recent": self.rate_recent, **self.counts}
 
 
 class MeanDropCusum(Cusum):
