@@ -32,7 +32,6 @@ drop repeats by ``(step, source)``.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import pickle
@@ -216,7 +215,10 @@ class KeyedFold(StatefulBatchLogic):
         return state, out
 
     def snapshot(self) -> Any:
-        return copy.deepcopy(self.state)
+        # No copy: neither fn nor fold changes a state in place (fold changes only its own copy), so the object
+        # handed to Bytewax is never touched again. stateful_flat_map deep-copies because its mappers may; here
+        # the copy was ~8% of the file path's run time (every changed pair and user at every epoch).
+        return self.state
 
 
 class GuardedLogic(StatefulBatchLogic):
