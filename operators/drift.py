@@ -594,10 +594,11 @@ class DriftMonitor:
         nc = tests[cusum_name]["statistic"] / tests[cusum_name]["threshold"] if cusum_name in tests else 0.0
         # A CUSUM counts evidence, not effect size: past its critical level more evidence says the change is
         # surer, not bigger, so it ranks no higher than that (a long ramp's statistic grows without bound).
-        nc = min(nc, self.config.critical[kind] / w)
+        # (min on the score itself: critical / w * w need not round back to critical, and escalation compares it)
+        score_c = min(w * nc, self.config.critical[kind])
         r = dict(rw) if rw is not None else {}
-        r["score"] = w * max(nw, nc)
-        r["test"] = cusum_name if nc > nw else window_name
+        r["score"] = max(w * nw, score_c)
+        r["test"] = cusum_name if score_c > w * nw else window_name
         r["tests"] = tests
         return r
 
