@@ -2,10 +2,17 @@
 
     python bench/adaptive_tune.py DIR [DIR ...]      # each DIR: a `driftrag eval --out` (or `replay --out`) dir
 
-For every grid point (score half-life, back-off, prior, learning rate) it replays each directory's positive
-engagements with the streaming strategy only (the evaluation's rule: predict the pair's top-1 before its triple
-lands, a hit when it is among the next 3 novel clusters, after the report's warm-up) and prints, per directory,
-the adaptive hit rate minus the best fixed half-life's. The chosen point maximises the worst of those margins.
+For every grid point (scoring rule, score half-life, back-off, prior, learning rate) it replays each directory's
+positive engagements with the streaming strategy only (the evaluation's rule: predict the pair's top-1 before its
+triple lands, a hit when it is among the next 3 novel clusters, after the report's warm-up) and prints, per
+directory, the adaptive hit rate minus the best fixed half-life's. The chosen point maximises the worst of those
+margins.
+
+The defaults (quadratic score, learning rate 10, back-off 200) came from, on seeds 11, 13, 17, 19, 23:
+
+    python bench/adaptive_tune.py T/s{11,13,17,19,23}/stationary/eval T/s{11,13,17,19,23}/shifting/eval \
+        T/s{11,13,17,19}/{drifting,slow}/eval T/s11/retail/eval --score brier --learning-rate 5 10 20 \
+        --backoff 100 200 300 --score-half-life-days 14
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from operators.adaptive_successors import DEFAULT_HALF_LIVES_MS, AdaptiveSuccessorTable, half_life_label
+from operators.adaptive_successors import DEFAULT_HALF_LIVES_MS, SCORES, AdaptiveSuccessorTable, half_life_label
 from operators.evaluation import DAY_MS, _truth
 from operators.transitions import TransitionTracker
 from streams.eval_cli import positive_engagements
@@ -54,15 +61,21 @@ def streaming_hits(events: list[tuple[str, int, int]], tables: dict[str, Adaptiv
     return n, hits
 
 
+def _name(g: tuple) -> str:
+    return f"adaptive {g[4]} {g[0]}d b{g[1]} p{g[2]} e{g[3]}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dirs", nargs="+", type=Path)
     p.add_argument("--score-half-life-days", type=float, nargs="+", default=[7.0, 14.0, 30.0, math.inf])
-    p.add_argument("--backoff", type=float, nargs="+", default=[3.0, 10.0, 30.0])
+    p.add_argument("--backoff", type=float, nargs="+", default=[100.0, 200.0, 300.0])
     p.add_argument("--prior", type=float, nargs="+", default=[1.0])
-    p.add_argument("--learning-rate", type=float, nargs="+", default=[1.0])
+    p.add_argument("--learning-rate", type=float, nargs="+", default=[10.0])
+    p.add_argument("--score", choices=SCORES, nargs="+", default=["brier"])
     args = p.parse_args()
-    grid = list(itertools.product(args.score_half_life_days, args.backoff, args.prior, args.learning_rate))
+    grid = list(itertools.product(args.score_half_life_days, args.backoff, args.prior, args.learning_rate,
+                                  args.score))
     margins: dict[tuple, list[float]] = defaultdict(list)
     for d in args.dirs:
         replay = d / "replay" if (d / "replay").is_dir() else d
@@ -70,22 +83,23 @@ def main() -> None:
         warmup = report.get("config", {}).get("warmup_ms", 2 * DAY_MS)
         events = positive_engagements(replay / "events.jsonl")
         tables = {half_life_label(h): AdaptiveSuccessorTable((h,)) for h in DEFAULT_HALF_LIVES_MS}
-        for sh, b, pr, eta in grid:
-            tables[f"adaptive {sh}d b{b} p{pr} e{eta}"] = AdaptiveSuccessorTable(
-                score_half_life_ms=sh * DAY_MS, backoff=b, prior=pr, learning_rate=eta)
+        for g in grid:
+            sh, b, pr, eta, sc = g
+            tables[_name(g)] = AdaptiveSuccessorTable(
+                score_half_life_ms=sh * DAY_MS, backoff=b, prior=pr, learning_rate=eta, score=sc)
         n, hits = streaming_hits(events, tables, warmup)
         best_fixed = max(hits[half_life_label(h)] for h in DEFAULT_HALF_LIVES_MS) / n
         fixed = {half_life_label(h): round(hits[half_life_label(h)] / n, 5) for h in DEFAULT_HALF_LIVES_MS}
         print(json.dumps({"dir": str(d), "points": n, "fixed": fixed}), flush=True)
         for g in grid:
-            rate = hits[f"adaptive {g[0]}d b{g[1]} p{g[2]} e{g[3]}"] / n
+            rate = hits[_name(g)] / n
             margins[g].append(round(rate - best_fixed, 5))
-            print(json.dumps({"dir": str(d), "score_half_life_days": g[0], "backoff": g[1], "prior": g[2],
-                              "learning_rate": g[3], "adaptive": round(rate, 5),
+            print(json.dumps({"dir": str(d), "score": g[4], "score_half_life_days": g[0], "backoff": g[1],
+                              "prior": g[2], "learning_rate": g[3], "adaptive": round(rate, 5),
                               "minus_best_fixed": round(rate - best_fixed, 5)}))
     best = max(grid, key=lambda g: (min(margins[g]), sum(margins[g])))
-    print(json.dumps({"chosen": {"score_half_life_days": best[0], "backoff": best[1], "prior": best[2],
-                                 "learning_rate": best[3]},
+    print(json.dumps({"chosen": {"score": best[4], "score_half_life_days": best[0], "backoff": best[1],
+                                 "prior": best[2], "learning_rate": best[3]},
                       "worst_margin": min(margins[best]), "margins": margins[best]}))
 
 

@@ -6,15 +6,30 @@ Every pair (c1, c2) keeps one :class:`~operators.successors.DecayedCounter` of i
     p_h(c) = (n_h(c) + prior * g_h(c)) / (N_h + prior)
 
 with n_h the pair's decayed counts, N_h their total and g_h the global successor shares (all pairs, c1 and c2 left
-out, a small floor for unseen clusters). Before each triple updates the counts, every component is scored by
-log p_h(c_next) (a proper scoring rule: the one that would have predicted the pair best scores best). The scores
-are summed per pair and per source cluster c2, decaying with ``score_half_life_ms`` of event time so the choice
-can change. A pair's weights are the softmax of its own score sums plus ``backoff`` times the mean score per
-observation of its source cluster (empirical-Bayes back-off: a new pair starts from what worked for pairs
-leaving the same cluster; with none, from all pairs), times ``learning_rate``. That is Bayesian model averaging
-over the half-lives with forgetting; a learning rate below 1 tempers it (generalised, "safe" Bayes: no single
-half-life is the true model of a pair, and the full posterior then concentrates too fast). It costs
-O(len(half_lives_ms)) per triple.
+out, a small floor for unseen clusters). Before each triple updates the counts, every component is scored on
+the successor c_next that arrives, by a proper scoring rule (the component that would have predicted the pair
+best scores best), ``score``:
+
+- ``"brier"`` (the default): the quadratic score ``2 p_h(c_next) - sum_x p_h(x)**2`` over the pair's seen
+  successors x (an unseen one's prior share, at most prior / (N_h + prior), is left out of the sum). It is
+  bounded and rewards the head of the distribution, what the table serves (its top successor);
+- ``"log"``: ``log p_h(c_next)``, Bayesian model averaging over the half-lives. The log score is dominated by
+  the tail: where the successor tail follows the mix of users active now (likely in the generator, whose users
+  also draw from their own interests), a short memory wins it although a long one has the better top one. On the
+  stationary scenario (seed 11) 2 days has the best mean log score (-1.578 vs -1.588 for no decay) but a worse
+  top-1 (48.3% vs 48.8% of next successors), while the quadratic score ranks 30 days and no decay first.
+
+The scores are summed per pair and per source cluster c2, decaying with ``score_half_life_ms`` of event time so
+the choice can change. A pair's weights are the softmax of its own score sums plus ``backoff`` times the mean
+score per observation of its source cluster (empirical-Bayes back-off: a new pair starts from what worked for
+pairs leaving the same cluster; with none, from all pairs), times ``learning_rate`` (the inverse temperature:
+1 with the log score is the posterior; the quadratic score is bounded, its components differ by a few
+thousandths per observation, hence the larger default, and its pair sums are noisy, hence the strong back-off:
+with ``backoff`` 200 a pair's own evidence outweighs its source's only after ~200 observations within
+``score_half_life_ms``).
+The defaults (quadratic score, learning rate 10, back-off 200) were chosen with ``bench/adaptive_tune.py`` on
+seeds 11, 13, 17, 19, 23 of the evaluation's scenarios, never seed 7. It costs O(len(half_lives_ms)) per
+triple for the log score, O(len(half_lives_ms) * the pair's successors) for the quadratic one.
 
 A pair's successor shares are ``sum_h w_h n_h(c) / N_h``; its effective half-life is the component with the
 largest weight (``None``: no decay). With one half-life the table is exactly a fixed-half-life table (weights
@@ -22,6 +37,8 @@ largest weight (``None``: no decay). With one half-life the table is exactly a f
 
 >>> DAY = 86_400_000
 >>> t = AdaptiveSuccessorTable(half_lives_ms=(DAY, float("inf")))
+>>> t.score, t.learning_rate, t.backoff
+('brier', 10.0, 200.0)
 >>> for day in range(40):  # the pair (1, 2) always goes to 3 then 4 alternately: a stable mix, long memory wins
 ...     _ = t.update((1, 2, 3 if day % 2 else 4), day * DAY)
 >>> {k: round(v, 3) for k, v in t.weights((1, 2), 40 * DAY).items()}
@@ -40,13 +57,14 @@ from dataclasses import dataclass
 
 from operators.successors import CounterSnapshot, DecayedCounter
 
-__all__ = ["DEFAULT_HALF_LIVES_MS", "AdaptiveSnapshot", "AdaptiveSuccessorTable", "half_life_label"]
+__all__ = ["DEFAULT_HALF_LIVES_MS", "SCORES", "AdaptiveSnapshot", "AdaptiveSuccessorTable", "half_life_label"]
 
 DAY_MS = 86_400_000
 INF = float("inf")
 DEFAULT_HALF_LIVES_MS: tuple[float, ...] = (1 * DAY_MS, 2 * DAY_MS, 7 * DAY_MS, 30 * DAY_MS, INF)
 _FLOOR = 1e-3  # pseudo-count of every cluster in the global prior (an unseen successor is possible)
 _N = "n"  # key of the scored-observation count in a score counter
+SCORES = ("brier", "log")
 
 Pair = tuple[Hashable, Hashable]
 
@@ -78,17 +96,18 @@ class AdaptiveSnapshot:
     sources: tuple[tuple[Hashable, CounterSnapshot], ...]
     global_counts: tuple[CounterSnapshot, ...]
     global_scores: CounterSnapshot
+    score: str = "log"  # snapshots written before the quadratic score existed were log-scored
 
 
 class AdaptiveSuccessorTable:
     """Successor counts of every pair at several half-lives, mixed per pair by their decayed predictive scores."""
 
     __slots__ = ("_glob", "_glob_scores", "_pairs", "_sources", "backoff", "half_lives_ms", "labels",
-                 "learning_rate", "prior", "score_half_life_ms")
+                 "learning_rate", "prior", "score", "score_half_life_ms")
 
     def __init__(self, half_lives_ms: Sequence[float] = DEFAULT_HALF_LIVES_MS, *,
-                 score_half_life_ms: float = 14 * DAY_MS, prior: float = 1.0, backoff: float = 10.0,
-                 learning_rate: float = 1.0) -> None:
+                 score_half_life_ms: float = 14 * DAY_MS, prior: float = 1.0, backoff: float = 200.0,
+                 learning_rate: float = 10.0, score: str = "brier") -> None:
         hl = tuple(half_lives_ms)
         if not hl or len(set(hl)) != len(hl):
             raise ValueError(f"half_lives_ms must be distinct and at least one, got {hl!r}")
@@ -99,10 +118,12 @@ class AdaptiveSuccessorTable:
         for name, v in (("prior", prior), ("backoff", backoff)):
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < INF:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         if prior == 0 and len(hl) > 1:
             raise ValueError("prior must be > 0 with several half-lives (a log score of 0 probability)")
         self.half_lives_ms, self.score_half_life_ms, self.prior, self.backoff = hl, score_half_life_ms, prior, backoff
-        self.learning_rate = learning_rate
+        self.learning_rate, self.score = learning_rate, score
         self.labels = tuple(half_life_label(h) for h in hl)
         self._reset()
 
@@ -129,11 +150,17 @@ class AdaptiveSuccessorTable:
             src = self._sources.get(c2)
             if src is None:
                 src = self._sources[c2] = DecayedCounter(self.score_half_life_ms)
-            prior, gs = self.prior, self._glob_scores
+            prior, gs, brier = self.prior, self._glob_scores, self.score == "brier"
             for i, (n, g) in enumerate(zip(counters, self._glob, strict=True)):
-                g_rest = g.total(ts_ms) - g.value(c1, ts_ms) - g.value(c2, ts_ms)
-                g_share = (g.value(c, ts_ms) + _FLOOR) / (g_rest + _FLOOR * (len(g) + 1))
-                lp = math.log((n.value(c, ts_ms) + prior * g_share) / (n.total(ts_ms) + prior))
+                g_den = g.total(ts_ms) - g.value(c1, ts_ms) - g.value(c2, ts_ms) + _FLOOR * (len(g) + 1)
+                den = n.total(ts_ms) + prior
+                p = (n.value(c, ts_ms) + prior * ((g.value(c, ts_ms) + _FLOOR) / g_den)) / den
+                if brier:
+                    sq = sum(((v + prior * (g.value(x, ts_ms) + _FLOOR) / g_den) / den) ** 2
+                             for x, v in n.items(ts_ms))
+                    lp = 2.0 * p - sq
+                else:
+                    lp = math.log(p)
                 scores.update(i, ts_ms, lp)
                 src.update(i, ts_ms, lp)
                 gs.update(i, ts_ms, lp)
@@ -229,7 +256,7 @@ class AdaptiveSuccessorTable:
         return len(self._pairs)
 
     def __repr__(self) -> str:
-        return f"AdaptiveSuccessorTable(half_lives={list(self.labels)}, pairs={len(self)})"
+        return f"AdaptiveSuccessorTable(half_lives={list(self.labels)}, score={self.score!r}, pairs={len(self)})"
 
     # ------------------------------------------------------------------------------------------ snapshots
 
@@ -238,12 +265,12 @@ class AdaptiveSuccessorTable:
             self.half_lives_ms, self.score_half_life_ms, self.prior, self.backoff, self.learning_rate,
             tuple((p, tuple(n.snapshot() for n in ns), sc.snapshot()) for p, (ns, sc) in self._pairs.items()),
             tuple((c, sc.snapshot()) for c, sc in self._sources.items()),
-            tuple(g.snapshot() for g in self._glob), self._glob_scores.snapshot())
+            tuple(g.snapshot() for g in self._glob), self._glob_scores.snapshot(), self.score)
 
     @classmethod
     def from_snapshot(cls, snap: AdaptiveSnapshot) -> AdaptiveSuccessorTable:
         t = cls(snap.half_lives_ms, score_half_life_ms=snap.score_half_life_ms, prior=snap.prior,
-                backoff=snap.backoff, learning_rate=snap.learning_rate)
+                backoff=snap.backoff, learning_rate=snap.learning_rate, score=snap.score)
         t._pairs = {p: ([DecayedCounter.from_snapshot(n) for n in ns], DecayedCounter.from_snapshot(sc))
                     for p, ns, sc in snap.pairs}
         t._sources = {c: DecayedCounter.from_snapshot(sc) for c, sc in snap.sources}

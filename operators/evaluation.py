@@ -7,8 +7,8 @@ prediction is among the first ``next_n`` distinct later clusters of that user (c
 c1 and c2 left out). The triple emitted by the same engagement reaches the tables only after the predictions.
 
 Successor estimates: the adaptive default (:class:`~operators.adaptive_successors.AdaptiveSuccessorTable`: counts
-at each of ``half_lives_ms`` per pair, mixed by each half-life's decayed log score) and each of those half-lives
-alone (``by_half_life``), all through the production code and scored in one pass on the same points. For each
+at each of ``half_lives_ms`` per pair, mixed by each half-life's decayed quadratic score) and each of those
+half-lives alone (``by_half_life``), all through the production code and scored in one pass on the same points. For each
 estimate, the strategies (a snapshot is a lookup table of top-1 per pair, built from the streaming estimate read
 at the snapshot time, with rows below ``min_support`` left out):
 
@@ -71,8 +71,9 @@ DEFINITIONS = {
                   "thin (or before any fine-tune), the live counts' top-1 when theirs reaches it, else the "
                   "table's row.",
     },
-    "adaptive": "Counts at each fixed half-life per pair, mixed by weights from each half-life's decayed log score "
-                "on the pair's own transitions, backed off to its source cluster's (operators.adaptive_successors).",
+    "adaptive": "Counts at each fixed half-life per pair, mixed by weights from each half-life's decayed quadratic "
+                "(Brier) score on the pair's own transitions, backed off to its source cluster's "
+                "(operators.adaptive_successors).",
 }
 
 

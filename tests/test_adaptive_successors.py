@@ -37,7 +37,8 @@ def test_weights_hand_worked():
     # prior's only cluster share is 1 -> p = 1 for both, log 0. Triple (1,2,4) at 1 day: for 1d the pair has
     # N = 0.5 (3 decayed once), global the same, g(4) = FLOOR / (0.5 + 2 FLOOR); for none N = 1, g = FLOOR / (1 +
     # 2 FLOOR). p_h = g_h / (N_h + 1). Weights: p_1d / (p_1d + p_none).
-    t = AdaptiveSuccessorTable((DAY, INF), score_half_life_ms=INF, prior=1.0, backoff=0.0)
+    t = AdaptiveSuccessorTable((DAY, INF), score_half_life_ms=INF, prior=1.0, backoff=0.0, learning_rate=1.0,
+                               score="log")
     t.update((1, 2, 3), 0).update((1, 2, 4), DAY)
     p1 = (FLOOR / (0.5 + 2 * FLOOR)) / 1.5
     pn = (FLOOR / (1.0 + 2 * FLOOR)) / 2.0
@@ -50,8 +51,44 @@ def test_weights_hand_worked():
     assert t.top1((1, 2), DAY, 0.0) == 4
 
 
+def test_quadratic_score_hand_worked():
+    # The same two triples as above, quadratic score, learning rate 2, no back-off. The first scores 2 * 1 - 0 = 2
+    # for both (empty rows, the global prior's only cluster). The second, c = 4 at 1 day: 1d has the row {3: 0.5},
+    # N = 0.5, global {3: 0.5}, g(3) = (0.5 + FLOOR) / g1, g(4) = FLOOR / g1 with g1 = 0.5 + 2 FLOOR; no decay the
+    # same with 1.0 for 0.5. Score: 2 p(4) - p(3)**2 (the sum runs over the seen successor 3 only).
+    t = AdaptiveSuccessorTable((DAY, INF), score_half_life_ms=INF, prior=1.0, backoff=0.0, learning_rate=2.0)
+    assert t.score == "brier"
+    t.update((1, 2, 3), 0).update((1, 2, 4), DAY)
+
+    def quad(n3: float) -> float:
+        g = n3 + 2 * FLOOR
+        return 2 * (FLOOR / g) / (n3 + 1) - ((n3 + (n3 + FLOOR) / g) / (n3 + 1)) ** 2
+
+    s1, sn = 2 + quad(0.5), 2 + quad(1.0)
+    w = t.weights((1, 2), DAY)
+    assert w["1d"] == pytest.approx(1 / (1 + math.exp(2 * (sn - s1))), rel=1e-12)
+    assert w["1d"] > 0.5  # the short memory had given 3 less of the mass
+
+
+def test_log_score_prefers_the_tail_the_quadratic_score_the_head():
+    # One pair: its head (3, 60%) never changes; its tail moves every 2 days between 4-5 and 6-7 (the mix of users
+    # active now). The log score rewards following the tail (short memory); the quadratic score does not.
+    rng = random.Random(3)
+    kw = {"score_half_life_ms": INF, "backoff": 0.0}
+    tables = {s: AdaptiveSuccessorTable((DAY, INF), score=s, **kw) for s in ("log", "brier")}
+    for d in range(40):
+        tail = (4, 5) if (d // 2) % 2 else (6, 7)
+        for k in range(20):
+            c = 3 if rng.random() < 0.6 else rng.choice(tail)
+            for t in tables.values():
+                t.update((1, 2, c), d * DAY + k * 3_600_000)
+    assert tables["log"].effective_half_life_ms((1, 2), 40 * DAY) == DAY
+    assert tables["brier"].effective_half_life_ms((1, 2), 40 * DAY) is None
+
+
 def test_new_pair_backs_off_to_its_source_cluster_then_to_all_pairs():
-    t = AdaptiveSuccessorTable((DAY, INF), score_half_life_ms=INF, prior=1.0, backoff=3.0)
+    t = AdaptiveSuccessorTable((DAY, INF), score_half_life_ms=INF, prior=1.0, backoff=3.0, learning_rate=1.0,
+                               score="log")
     t.update((1, 2, 3), 0).update((1, 2, 4), DAY)
     p1 = math.log((FLOOR / (0.5 + 2 * FLOOR)) / 1.5)
     pn = math.log((FLOOR / (1.0 + 2 * FLOOR)) / 2.0)
@@ -106,6 +143,7 @@ def test_snapshot_round_trip_continues_identically():
     ({"half_lives_ms": ()}, "half_lives_ms"), ({"half_lives_ms": (DAY, DAY)}, "half_lives_ms"),
     ({"half_lives_ms": (0,)}, "half_life_ms"), ({"score_half_life_ms": -1}, "half_life_ms"),
     ({"prior": -1.0}, "prior"), ({"prior": 0.0}, "prior"), ({"backoff": INF}, "backoff"),
+    ({"score": "hit"}, "score"),
 ])
 def test_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
