@@ -55,7 +55,7 @@ import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
-from operators.successors import CounterSnapshot, DecayedCounter
+from operators.successors import CounterSnapshot, DecayedCounter, split_triple
 
 __all__ = ["DEFAULT_HALF_LIVES_MS", "SCORES", "AdaptiveSnapshot", "AdaptiveSuccessorTable", "half_life_label"]
 
@@ -137,10 +137,8 @@ class AdaptiveSuccessorTable:
     # ------------------------------------------------------------------------------------------------ update
 
     def update(self, triple: tuple[Hashable, Hashable, Hashable], ts_ms: int) -> AdaptiveSuccessorTable:
-        c1, c2, c = triple
-        pair = (c1, c2)
-        if c in pair:
-            raise ValueError(f"not a transition triple (successor repeats the pair): {triple!r}")
+        pair, c = split_triple(triple)
+        c1, c2 = pair
         rec = self._pairs.get(pair)
         if rec is None:
             rec = self._pairs[pair] = ([DecayedCounter(h) for h in self.half_lives_ms],

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "MODES", "SOURCES", "CounterSnapshot", "DecayedCounter", "PairSnapshot", "PairSuccessors", "Successor",
-    "SuccessorTable", "TableSnapshot", "rank_successors",
+    "SuccessorTable", "TableSnapshot", "rank_successors", "split_triple",
 ]
 
 MODES = ("frequency", "trend")
@@ -371,6 +371,19 @@ class TableSnapshot:
     global_: PairSnapshot
 
 
+def split_triple(triple: tuple[Hashable, Hashable, Hashable]) -> tuple[tuple[Hashable, Hashable], Hashable]:
+    """((c1, c2), c_next) of a transition triple; ValueError when the successor repeats the pair (the rule never
+    makes one: a successor table fed one would count a user staying put as a transition).
+
+    >>> split_triple((1, 2, 3))
+    ((1, 2), 3)
+    """
+    c1, c2, c = triple
+    if c in (c1, c2):
+        raise ValueError(f"not a transition triple (successor repeats the pair): {triple!r}")
+    return (c1, c2), c
+
+
 class SuccessorTable:
     """Decayed successors of every pair (c1, c2), and of all pairs together as the last fallback.
 
@@ -395,10 +408,7 @@ class SuccessorTable:
         self._global = PairSuccessors(self.half_life_ms)
 
     def update(self, triple: tuple[Hashable, Hashable, Hashable], ts_ms: int) -> SuccessorTable:
-        c1, c2, c = triple
-        pair = (c1, c2)
-        if c in pair:
-            raise ValueError(f"not a transition triple (successor repeats the pair): {triple!r}")
+        pair, c = split_triple(triple)
         p = self._pairs.get(pair)
         if p is None:
             p = self._pairs[pair] = PairSuccessors(self.half_life_ms)

@@ -228,7 +228,7 @@ def _monitor_step(make_monitor: Callable[[], Any], make_cadence: Callable[[], An
             state = (make_monitor(), {})
         if len(state) == 2:  # new, or recovered from a version without the cadence controller and the hold
             state = (*state, make_cadence() if make_cadence is not None else None, Hold(partitions))
-        monitor, last_scores, cadence, hold = state
+        monitor, sent_at, cadence, hold = state
         if not hasattr(hold, "partitions"):  # recovered from the version with one watermark
             hold = Hold.upgrade(hold, partitions)
         out, latest = _feed(monitor, obs, cadence, hold)
@@ -240,18 +240,18 @@ def _monitor_step(make_monitor: Callable[[], Any], make_cadence: Callable[[], An
         scores = monitor.scores()  # for the gauge below
         # A status goes out when the monitor saw it change (scores, a lapsed score, open alerts), as of the
         # boundary where it changed: what the index ends with must not depend on how the calls split the stream.
-        # (last_scores: cluster -> boundary of the last status sent; a dict of scores in older recovered state.)
+        # (sent_at: cluster -> boundary of the last status sent; a dict of scores in an older recovered state.)
         for c in monitor.changed_clusters():
             at = monitor.changed_at(c)
-            if last_scores.get(c) == at:
+            if sent_at.get(c) == at:
                 continue
             st = monitor.status(c)
             out.append(drift_mutation(c, scores=st["scores_at_change"], alerts=[_alert_json(a) for a in st["alerts"]],
                                       reference=st["reference_at_change"], ts_ms=at))
-            last_scores[c] = at
+            sent_at[c] = at
         for kind in KINDS:
             DRIFT_SCORE.labels(kind).set(max((s.get(kind, 0.0) for s in scores.values()), default=0.0))
-        return (monitor, last_scores, cadence, hold), out
+        return (monitor, sent_at, cadence, hold), out
 
     return step
 
