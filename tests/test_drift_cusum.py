@@ -17,6 +17,11 @@ LEVEL = 10.0  # nats, for these unit streams (the monitor's levels come from cal
 DAY_H = 24
 
 
+def _crossings(stats: list[float]) -> list[int]:
+    """The steps at which the statistic reaches LEVEL from below."""
+    return [i for i, x in enumerate(stats) if x >= LEVEL and (i == 0 or stats[i - 1] < LEVEL)]
+
+
 def _rate_stream(seed: int, change_h: float, ramp_h: float, hours: int = 400, per_h: int = 40,
                  before: float = 0.5, after: float = 0.3) -> list[int]:
     """Successes per hour out of ``per_h`` trials; the rate ramps from ``before`` to ``after``."""
@@ -32,16 +37,13 @@ def _rate_stream(seed: int, change_h: float, ramp_h: float, hours: int = 400, pe
 def _run_rate(successes: list[int], per_h: int = 40, ref_h: int = 72, gap_h: int = 12, recent_h: int = 12
               ) -> tuple[list[int], list[float]]:
     """A rolling reference (``ref_h`` hours ending ``gap_h`` ago), recent = the ``recent_h`` before the new hour."""
-    c, hits, stats, above = RateCusum(), [], [], False
+    c, stats = RateCusum(), []
     for h, k in enumerate(successes):
         ref = successes[max(0, h - gap_h - ref_h): max(0, h - gap_h)]
         rec = successes[max(0, h - recent_h): h]
         c.update((per_h * len(ref), sum(ref)), (per_h * len(rec), sum(rec)), (per_h, k))
         stats.append(c.statistic)
-        if c.statistic >= LEVEL and not above:
-            hits.append(h)
-        above = c.statistic >= LEVEL
-    return hits, stats
+    return _crossings(stats), stats
 
 
 def test_rate_cusum_detects_an_abrupt_change_at_the_exact_hour():
@@ -79,15 +81,12 @@ def _mean_stream(seed: int, change_t: int, ramp: int, n: int = 300, sd: float = 
 
 
 def _run_mean(xs: list[float]) -> tuple[list[int], list[float]]:
-    c, hits, stats, recent, above = MeanDropCusum(), [], [], [], False
-    for t, x in enumerate(xs):
+    c, stats, recent = MeanDropCusum(), [], []
+    for x in xs:
         c.update((0.6, 0.01, 500), (sum(recent), len(recent)), [x])
         recent = (recent + [x])[-10:]
         stats.append(c.statistic)
-        if c.statistic >= LEVEL and not above:
-            hits.append(t)
-        above = c.statistic >= LEVEL
-    return hits, stats
+    return _crossings(stats), stats
 
 
 def test_mean_drop_cusum_detects_an_abrupt_drop_at_the_exact_item():
