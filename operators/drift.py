@@ -533,12 +533,16 @@ class DriftMonitor:
         return out
 
     def _hold_cusum(self, c: int, kind: str, until_ms: int) -> None:
-        """An alert of ``kind`` opened on ``c``: its accumulating test keeps its level for the cooldown (the time
-        the rolling reference takes to absorb the change), then restarts from 0 (see :class:`Cusum`)."""
-        cu: Any = {"engagement": lambda: getattr(self._engagement.get(c), "cusum", None),
-                   "content": lambda: getattr(self._content.get(c), "cusum", None),
-                   "volume": lambda: self._volume.cusums.get(c),
-                   "transition": lambda: self._pooled.get(c)}[kind]()
+        """An alert of ``kind`` opened on ``c``: its accumulating test keeps at least its level until ``until_ms``
+        (the cooldown: the time the rolling reference takes to absorb the change) and while the change goes on,
+        then restarts from 0 (:meth:`operators.drift_cusum.Cusum.hold`)."""
+        if kind == "volume":
+            cu: Any = self._volume.cusums.get(c)
+        elif kind == "transition":
+            cu = self._pooled.get(c)
+        else:
+            sig = (self._engagement if kind == "engagement" else self._content).get(c)
+            cu = sig.cusum if sig is not None else None
         if cu is not None:
             cu.hold(until_ms)
 
