@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import os
 import shutil
 import threading
@@ -51,6 +52,7 @@ from prometheus_client import Gauge, Histogram
 from index.mutations import Mutation, MutationError, decode_vector, kind_of
 from index.untrusted import ITEM_CLOSE, ITEM_OPEN, clean
 from index.vectors import SlotVectorIndex
+from operators.adaptive_successors import half_life_label
 
 __all__ = ["BadRequest", "LiveIndex", "NotFound", "NotReady", "QueryError"]
 
@@ -101,6 +103,13 @@ def _fmt_time(ms: int | None) -> str:
     if ms is None:
         return "unknown time"
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _memory(half_life: str | None) -> str:
+    """The prompt's few words on the pair's time scale: ``", half-life 7d"``, ``", no decay"``."""
+    if not half_life:
+        return ""
+    return ", no decay" if half_life == "none" else f", half-life {half_life}"
 
 
 class LiveIndex:
@@ -313,8 +322,12 @@ class LiveIndex:
             return pair
         succ = [{"cluster": int(s["cluster"]), "count": float(s["count"]), "score": float(s["score"]),
                  "trend": float(s.get("trend", 0.0))} for s in v["successors"]]
+        h = v.get("half_life_ms")
+        h = math.inf if h is None else float(h)  # null: no decay
         self.pairs[pair] = {"pair": list(pair), "successors": succ, "support": float(v["support"]),
-                            "half_life_ms": float(v["half_life_ms"]), "ts_ms": int(v["ts_ms"])}
+                            "half_life_ms": h, "half_life": str(v.get("half_life") or half_life_label(h)),
+                            "weights": {str(k): float(w) for k, w in (v.get("weights") or {}).items()},
+                            "ts_ms": int(v["ts_ms"])}
         self._record_pair(pair, self.pairs[pair])
         return pair
 
@@ -544,7 +557,8 @@ class LiveIndex:
         support = 0.0 if p is None else p["support"] * self._decayed(p, self.watermark_ts)
         if c1 is not None and c2 is not None and p is not None and support >= max(self.min_support, 1e-12):
             succ = self._blend([(p, 1.0)], set())
-            return self._rank(succ, k, mode), "exact", {"support": round(support, 2), "pairs": [list(key)]}
+            return self._rank(succ, k, mode), "exact", {"support": round(support, 2), "pairs": [list(key)],
+                                                         "half_life": p["half_life"], "weights": p["weights"]}
         if c2 is not None and self.pair_vectors is not None and len(self.pair_vectors):
             q = self._pair_vector((c1, c2))
             if q is not None:
@@ -629,7 +643,8 @@ class LiveIndex:
         else:
             chain = " -> ".join(f'cluster {c} "{clean(self.label(c), 80)}"' for c in pair if c is not None)
             lines.append(f"The user's most recent interest clusters, oldest first: {chain}.")
-            how = {"exact": f"users who made this same move ({evidence['support']:.1f} recent transitions)",
+            how = {"exact": f"users who made this same move ({evidence['support']:.1f} recent transitions"
+                            + _memory(evidence.get("half_life")) + ")",
                    "neighbor": "users who made the most similar moves (this one has too little evidence)",
                    "global": "all users (too little evidence for this move or similar ones)"}[source]
             lines.append(f"What {how} engaged with next"
@@ -834,6 +849,8 @@ class LiveIndex:
         return {"pair": list(pair), "labels": [self.label(c) for c in pair],
                 "support": round(self._support(pair), 2) if p is not None else 0.0,
                 "ts_ms": p["ts_ms"] if p is not None else None,
+                "half_life": p["half_life"] if p is not None else None,
+                "weights": p["weights"] if p is not None else {},
                 "successors": [{"cluster": s["cluster"], "label": self.label(s["cluster"]),
                                 "score": round(s["score"], 4), "count": round(s["count"], 2),
                                 "trend": round(s["trend"], 4)} for s in succ],
@@ -918,6 +935,10 @@ class LiveIndex:
                 live._cluster_of.setdefault(item_id, st["cluster"])
             live.cluster_sizes = Counter(live._cluster_of.values())
             live._recent = {int(c): dict(r) for c, r in state["recent"].items()}
+            for p in state["pairs"]:  # no decay is null in JSON; snapshots of earlier versions lack the label
+                p["half_life_ms"] = math.inf if p["half_life_ms"] is None else p["half_life_ms"]
+                p.setdefault("half_life", half_life_label(p["half_life_ms"]))
+                p.setdefault("weights", {})
             live.pairs = {(p["pair"][0], p["pair"][1]): p for p in state["pairs"]}
             live.drift = {int(c): d for c, d in state.get("drift", {}).items()}
             live._update_pair_vectors([], [], rebuild=True)

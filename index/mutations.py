@@ -11,7 +11,9 @@ Keys and their values (JSON objects on the wire; vectors as base64 of little-end
 - ``stats:{item_id}`` — engagement: ``cluster``, ``engagements``, ``positive``, ``first_seen_ms``,
   ``last_seen_ms``;
 - ``pair:{c1},{c2}`` — successors of the pair: ``successors`` [{cluster, count, score, trend}] (counts decayed
-  to ``ts_ms``), ``support``, ``half_life_ms``;
+  to ``ts_ms``), ``support``, ``half_life_ms`` (the effective half-life the counts decay with; null: no decay),
+  ``half_life`` (its label, e.g. ``"7d"``, ``"none"``) and ``weights`` {label: weight} (every half-life the pair
+  mixes; operators/adaptive_successors.py);
 - ``drift:{cluster}`` — the cluster's drift status: ``scores`` {kind: score, 1.0 = at the warning threshold},
   ``alerts`` (open alerts, the brief's alert JSON), ``reference`` {policy, since_ms}.
 
@@ -33,11 +35,14 @@ Mutation(key='pair:1,2', value=None)
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
+
+from operators.adaptive_successors import half_life_label
 
 __all__ = [
     "KINDS", "SNIPPET_CHARS", "Mutation", "MutationError", "codebook_fields", "codebook_mutation", "decode",
@@ -106,11 +111,16 @@ def stats_mutation(item_id: str, *, cluster: int, engagements: int, positive: in
 
 
 def pair_mutation(c1: int, c2: int, *, successors: Sequence[dict[str, Any]], support: float, half_life_ms: float,
-                  ts_ms: int, ingest_ms: int) -> Mutation:
-    """``successors``: every successor of the pair as {cluster, count, score, trend}, counts decayed to ``ts_ms``."""
+                  ts_ms: int, ingest_ms: int, weights: Sequence[tuple[str, float]] = ()) -> Mutation:
+    """``successors``: every successor of the pair as {cluster, count, score, trend}, counts decayed to ``ts_ms``;
+    ``half_life_ms``: the effective half-life (``inf``: no decay, null on the wire); ``weights``: (label,
+    weight) of each half-life the pair mixes."""
+    h = float(half_life_ms)
     return Mutation(pair_key(c1, c2), {
         "pair": [int(c1), int(c2)], "successors": list(successors), "support": float(support),
-        "half_life_ms": float(half_life_ms), "ts_ms": int(ts_ms), "ingest_ms": int(ingest_ms),
+        "half_life_ms": None if math.isinf(h) else h, "half_life": half_life_label(h),
+        "weights": {label: round(float(w), 4) for label, w in weights}, "ts_ms": int(ts_ms),
+        "ingest_ms": int(ingest_ms),
     })
 
 

@@ -5,10 +5,11 @@ Every pair (c1, c2) keeps one :class:`~operators.successors.DecayedCounter` of i
 
     p_h(c) = (n_h(c) + prior * g_h(c)) / (N_h + prior)
 
-with n_h the pair's decayed counts, N_h their total and g_h the global successor shares (all pairs, c1 and c2 left
-out, a small floor for unseen clusters). Before each triple updates the counts, every component is scored on
-the successor c_next that arrives, by a proper scoring rule (the component that would have predicted the pair
-best scores best), ``score``:
+with n_h the pair's decayed counts, N_h their total and g_h the successor shares of its source cluster c2 (all
+pairs (x, c2), c1 left out, a small floor for unseen clusters): the hierarchy is pair -> source cluster, so one
+source cluster's pairs need nothing from any other (the job keeps them on one key, spread over workers). Before
+each triple updates the counts, every component is scored on the successor c_next that arrives, by a proper
+scoring rule (the component that would have predicted the pair best scores best), ``score``:
 
 - ``"brier"`` (the default): the quadratic score ``2 p_h(c_next) - sum_x p_h(x)**2`` over the pair's seen
   successors x (an unseen one's prior share, at most prior / (N_h + prior), is left out of the sum). It is
@@ -54,10 +55,14 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from operators.successors import CounterSnapshot, DecayedCounter, split_triple
+from operators.successors import CounterSnapshot, DecayedCounter, TrendReference, split_triple
 
-__all__ = ["DEFAULT_HALF_LIVES_MS", "SCORES", "AdaptiveSnapshot", "AdaptiveSuccessorTable", "half_life_label"]
+__all__ = [
+    "DEFAULT_HALF_LIVES_MS", "SCORES", "AdaptiveSnapshot", "AdaptiveSuccessorTable", "LiveSnapshot", "LiveSuccessors",
+    "PairEstimate", "half_life_label",
+]
 
 DAY_MS = 86_400_000
 INF = float("inf")
@@ -97,12 +102,13 @@ class AdaptiveSnapshot:
     global_counts: tuple[CounterSnapshot, ...]
     global_scores: CounterSnapshot
     score: str = "log"  # snapshots written before the quadratic score existed were log-scored
+    source_counts: tuple[tuple[Hashable, tuple[CounterSnapshot, ...]], ...] = ()  # c2 -> counts per half-life
 
 
 class AdaptiveSuccessorTable:
     """Successor counts of every pair at several half-lives, mixed per pair by their decayed predictive scores."""
 
-    __slots__ = ("_glob", "_glob_scores", "_pairs", "_sources", "backoff", "half_lives_ms", "labels",
+    __slots__ = ("_glob", "_glob_scores", "_pairs", "_source_counts", "_sources", "backoff", "half_lives_ms", "labels",
                  "learning_rate", "prior", "score", "score_half_life_ms")
 
     def __init__(self, half_lives_ms: Sequence[float] = DEFAULT_HALF_LIVES_MS, *,
@@ -131,6 +137,7 @@ class AdaptiveSuccessorTable:
         # pair -> ([counter per half-life], score counter: component index -> summed log score, "n" -> count)
         self._pairs: dict[Pair, tuple[list[DecayedCounter], DecayedCounter]] = {}
         self._sources: dict[Hashable, DecayedCounter] = {}  # c2 -> score counter over its pairs
+        self._source_counts: dict[Hashable, list[DecayedCounter]] = {}  # c2 -> successor counts per half-life
         self._glob = [DecayedCounter(h) for h in self.half_lives_ms]
         self._glob_scores = DecayedCounter(self.score_half_life_ms)
 
@@ -148,9 +155,11 @@ class AdaptiveSuccessorTable:
             src = self._sources.get(c2)
             if src is None:
                 src = self._sources[c2] = DecayedCounter(self.score_half_life_ms)
+                self._source_counts[c2] = [DecayedCounter(h) for h in self.half_lives_ms]
+            src_counts = self._source_counts[c2]
             prior, gs, brier = self.prior, self._glob_scores, self.score == "brier"
-            for i, (n, g) in enumerate(zip(counters, self._glob, strict=True)):
-                g_den = g.total(ts_ms) - g.value(c1, ts_ms) - g.value(c2, ts_ms) + _FLOOR * (len(g) + 1)
+            for i, (n, g) in enumerate(zip(counters, src_counts, strict=True)):
+                g_den = g.total(ts_ms) - g.value(c1, ts_ms) + _FLOOR * (len(g) + 1)  # c2 never follows (x, c2)
                 den = n.total(ts_ms) + prior
                 p = (n.value(c, ts_ms) + prior * ((g.value(c, ts_ms) + _FLOOR) / g_den)) / den
                 if brier:
@@ -165,6 +174,8 @@ class AdaptiveSuccessorTable:
             scores.update(_N, ts_ms)
             src.update(_N, ts_ms)
             gs.update(_N, ts_ms)
+            for g in src_counts:
+                g.update(c, ts_ms)
         for n, g in zip(counters, self._glob, strict=True):
             n.update(c, ts_ms)
             g.update(c, ts_ms)
@@ -220,12 +231,49 @@ class AdaptiveSuccessorTable:
         ws = self._weights(pair, now_ms)
         if sum(w * n.total(now_ms) for w, n in zip(ws, rec[0], strict=True)) < min_support:
             return None
+        return self.mix(pair, now_ms, ws)[0]
+
+    def mix(self, pair: Pair, now_ms: int, weights: Sequence[float]) -> tuple[dict[Hashable, float], float]:
+        """(each successor's count mixed by ``weights``, the support mixed the same way); ({}, 0.0) unseen."""
+        rec = self._pairs.get(pair)
+        if rec is None:
+            return {}, 0.0
         out: dict[Hashable, float] = {}
-        for w, n in zip(ws, rec[0], strict=True):
+        support = 0.0
+        for w, n in zip(weights, rec[0], strict=True):
             if w > 0:
+                support += w * n.total(now_ms)
                 for c, v in n.items(now_ms):
                     out[c] = out.get(c, 0.0) + w * v
-        return out
+        return out, support
+
+    def estimate(self, pair: Pair, now_ms: int) -> tuple[float, dict[Hashable, float], float]:
+        """(support, effective counts, effective sample size) of ``pair`` at ``now_ms``, by its current weights. The
+        sample size counts a decayed observation twice what it weighs now (the sum of ``2 ** (-age / h)`` over a
+        steady stream is half of its square: n_eff = 2 x support) and an undecayed one once."""
+        ws = self._weights(pair, now_ms)
+        counts, support = self.mix(pair, now_ms, ws)
+        rec = self._pairs.get(pair)
+        size = 0.0 if rec is None else sum(w * n.total(now_ms) * (1.0 if h == INF else 2.0)
+                                           for w, n, h in zip(ws, rec[0], self.half_lives_ms, strict=True))
+        return support, counts, size
+
+    def add_counts(self, pair: Pair, counts: dict[Hashable, float], ts_ms: int) -> None:
+        """Counts carried over from a state kept before this table (each ``counts[c]`` observations' worth at
+        ``ts_ms``), added at every half-life without scoring (there is nothing to score them against)."""
+        rec = self._pairs.get(pair)
+        if rec is None:
+            rec = self._pairs[pair] = ([DecayedCounter(h) for h in self.half_lives_ms],
+                                       DecayedCounter(self.score_half_life_ms))
+        for c, v in counts.items():
+            for n, g in zip(rec[0], self._glob, strict=True):
+                n.update(c, ts_ms, v)
+                g.update(c, ts_ms, v)
+
+    def latest_ms(self, pair: Pair) -> int | None:
+        """Event time of the pair's newest triple (None: unseen)."""
+        rec = self._pairs.get(pair)
+        return rec[0][0].latest_ms if rec is not None else None
 
     def global_counts(self, now_ms: int) -> dict[Hashable, float]:
         """Successor counts over all pairs, mixed with the weights of all pairs' scores."""
@@ -263,7 +311,29 @@ class AdaptiveSuccessorTable:
             self.half_lives_ms, self.score_half_life_ms, self.prior, self.backoff, self.learning_rate,
             tuple((p, tuple(n.snapshot() for n in ns), sc.snapshot()) for p, (ns, sc) in self._pairs.items()),
             tuple((c, sc.snapshot()) for c, sc in self._sources.items()),
-            tuple(g.snapshot() for g in self._glob), self._glob_scores.snapshot(), self.score)
+            tuple(g.snapshot() for g in self._glob), self._glob_scores.snapshot(), self.score,
+            tuple((c, tuple(g.snapshot() for g in gs)) for c, gs in self._source_counts.items()))
+
+    def to_plain(self) -> dict[str, Any]:
+        """The state as plain lists, dicts and numbers (JSON-able with ``Infinity`` for no decay; keys that are
+        clusters must be JSON scalars); :meth:`from_plain` reads it back."""
+        snap = self.snapshot()
+        fields = {f: getattr(snap, f) for f in ("half_lives_ms", "score_half_life_ms", "prior", "backoff",
+                                                "learning_rate", "score")}
+        return {**fields, "half_lives_ms": list(snap.half_lives_ms),
+                "pairs": [[list(p), [_plain(n) for n in ns], _plain(sc)] for p, ns, sc in snap.pairs],
+                "sources": [[c, _plain(sc)] for c, sc in snap.sources],
+                "source_counts": [[c, [_plain(g) for g in gs]] for c, gs in snap.source_counts],
+                "global_counts": [_plain(g) for g in snap.global_counts], "global_scores": _plain(snap.global_scores)}
+
+    @classmethod
+    def from_plain(cls, d: dict[str, Any]) -> AdaptiveSuccessorTable:
+        return cls.from_snapshot(AdaptiveSnapshot(
+            tuple(d["half_lives_ms"]), d["score_half_life_ms"], d["prior"], d["backoff"], d["learning_rate"],
+            tuple((tuple(p), tuple(map(_unplain, ns)), _unplain(sc)) for p, ns, sc in d["pairs"]),
+            tuple((c, _unplain(sc)) for c, sc in d["sources"]), tuple(map(_unplain, d["global_counts"])),
+            _unplain(d["global_scores"]), d["score"],
+            tuple((c, tuple(map(_unplain, gs))) for c, gs in d["source_counts"])))
 
     @classmethod
     def from_snapshot(cls, snap: AdaptiveSnapshot) -> AdaptiveSuccessorTable:
@@ -272,6 +342,191 @@ class AdaptiveSuccessorTable:
         t._pairs = {p: ([DecayedCounter.from_snapshot(n) for n in ns], DecayedCounter.from_snapshot(sc))
                     for p, ns, sc in snap.pairs}
         t._sources = {c: DecayedCounter.from_snapshot(sc) for c, sc in snap.sources}
+        counts = {c: [DecayedCounter.from_snapshot(g) for g in gs] for c, gs in snap.source_counts}
+        # (snapshots from before the per-source prior: a source's counts start empty)
+        t._source_counts = {c: counts.get(c) or [DecayedCounter(h) for h in t.half_lives_ms] for c in t._sources}
         t._glob = [DecayedCounter.from_snapshot(g) for g in snap.global_counts]
         t._glob_scores = DecayedCounter.from_snapshot(snap.global_scores)
         return t
+
+
+def _plain(c: CounterSnapshot) -> list[Any]:
+    return [c.half_life_ms, c.ref_ms, c.latest_ms, c.total, [[k, v] for k, v in c.values]]
+
+
+def _unplain(x: list[Any]) -> CounterSnapshot:
+    h, ref, latest, total, values = x
+    return CounterSnapshot(h, ref, latest, tuple((k, v) for k, v in values), total)
+
+
+# ------------------------------------------------------------------------------------------ the job's state
+
+
+@dataclass(frozen=True)
+class LiveSnapshot:
+    """Immutable, picklable state of a :class:`LiveSuccessors`."""
+
+    table: AdaptiveSnapshot
+    trend_window_ms: int
+    trends: tuple[tuple[Pair, tuple], ...]  # pair -> TrendReference.as_tuple()
+    weights: tuple[tuple[Pair, tuple[float, ...]], ...] = ()
+    pending: tuple[tuple[Pair, tuple[tuple[tuple, int], ...]], ...] = ()
+    latest: tuple[tuple[Pair, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PairEstimate:
+    """One pair's successor estimate as served: every successor's effective count (``sum_h w_h n_h(c)``), the trend
+    reference, the support, the event time read at, the effective half-life (the component with the largest
+    weight; ``inf``: no decay) and every half-life's weight by label."""
+
+    pair: Pair
+    counts: tuple[tuple[Hashable, float], ...]
+    reference: dict[Hashable, float] | None
+    support: float
+    ts_ms: int
+    half_life_ms: float
+    weights: tuple[tuple[str, float], ...]
+
+
+class LiveSuccessors:
+    """The successor state the stream job keeps for the pairs of one source cluster (or any set of pairs): an
+    :class:`AdaptiveSuccessorTable`, each pair's :class:`~operators.successors.TrendReference` (its learned shares
+    one to two ``trend_window_ms`` ago), and what makes its answers independent of arrival order.
+
+    Counting is order-free (a decayed count is a sum), scoring is not (each transition is scored before it is
+    learned). So a transition is first *observed* (:meth:`observe`: counted at once, pending, so the answer is
+    fresh) and later *scored* (:meth:`score`: learned by the table) in a canonical event-time order that the job
+    takes from the drift step's hold; :meth:`update` does both at once (one ordered stream). A pair's weights are
+    those the table gave it right after scoring its latest scored transition, uniform before its first; its
+    counts are the table's plus its pending transitions', all mixed by those weights. Once every transition is
+    observed, a pair's answer depends on which were scored and their order, never on when each arrived.
+    Every estimate is local to the pairs' source cluster c2, so the job keys this by c2 and any number of
+    workers share the clusters.
+
+    >>> DAY = 86_400_000
+    >>> s = LiveSuccessors(trend_window_ms=DAY)
+    >>> for day in range(30):
+    ...     _ = s.update((1, 2, 3 if day % 3 else 4), day * DAY)
+    >>> e = s.estimate((1, 2))
+    >>> [(c, round(n, 1)) for c, n in e.counts], round(e.support, 1), e.ts_ms // DAY
+    ([(4, 10.0), (3, 20.0)], 30.0, 29)
+    >>> half_life_label(e.half_life_ms), {c: round(v, 3) for c, v in sorted(e.reference.items())}
+    ('none', {3: 0.643, 4: 0.357})
+    >>> _ = s.observe((1, 2, 4), 30 * DAY, key="u9")  # fresh: counted at once, with the weights it had
+    >>> round(dict(s.estimate((1, 2)).counts)[4], 1), len(s.pending((1, 2)))
+    (11.0, 1)
+    >>> _ = s.score((1, 2, 4), 30 * DAY, key="u9")  # its hour complete: learned by the table, no longer pending
+    >>> round(dict(s.estimate((1, 2)).counts)[4], 1), len(s.pending((1, 2)))
+    (11.0, 0)
+    """
+
+    __slots__ = ("_latest", "_pending", "_weights", "table", "trend_window_ms", "trends")
+
+    def __init__(self, half_lives_ms: Sequence[float] = DEFAULT_HALF_LIVES_MS, *, trend_window_ms: int = DAY_MS,
+                 table: AdaptiveSuccessorTable | None = None, **table_kwargs: float | str) -> None:
+        if isinstance(trend_window_ms, bool) or not isinstance(trend_window_ms, int) or trend_window_ms < 1:
+            raise ValueError(f"trend_window_ms must be an int >= 1, got {trend_window_ms!r}")
+        self.table = table if table is not None else AdaptiveSuccessorTable(half_lives_ms, **table_kwargs)
+        self.trend_window_ms = trend_window_ms
+        self.trends: dict[Pair, TrendReference] = {}
+        self._weights: dict[Pair, tuple[float, ...]] = {}  # as of the pair's latest scored transition
+        # pair -> {(c_next, ts_ms, key): observed minus scored}; a negative count: scored before it was observed
+        self._pending: dict[Pair, dict[tuple, int]] = {}
+        self._latest: dict[Pair, int] = {}  # event time of the pair's newest observed transition
+
+    def observe(self, triple: tuple[Hashable, Hashable, Hashable], ts_ms: int, key: Hashable = None) -> Pair:
+        """Count a transition now (pending until :meth:`score` gets the same ``triple``, ``ts_ms``, ``key``).
+        ``key`` tells apart equal transitions (e.g. the user)."""
+        pair, c = split_triple(triple)
+        self._add_pending(pair, (c, ts_ms, key), 1)
+        latest = self._latest.get(pair)
+        if latest is None or ts_ms > latest:
+            self._latest[pair] = ts_ms
+        return pair
+
+    def score(self, triple: tuple[Hashable, Hashable, Hashable], ts_ms: int, key: Hashable = None) -> Pair:
+        """Learn an observed transition in the canonical order: the pair's trend reference rolls (on what the
+        table has learned: the same whatever the arrival order), the table scores then counts it, and the pair's
+        weights become the table's now."""
+        pair, c = split_triple(triple)
+        trend = self.trends.get(pair)
+        if trend is None:
+            trend = self.trends[pair] = TrendReference()
+        trend.roll(ts_ms, self.trend_window_ms, lambda: self._learned_shares(pair, ts_ms))
+        self._add_pending(pair, (c, ts_ms, key), -1)
+        self.table.update(triple, ts_ms)
+        self._weights[pair] = tuple(self.table._weights(pair, ts_ms))  # noqa: SLF001
+        return pair
+
+    def update(self, triple: tuple[Hashable, Hashable, Hashable], ts_ms: int, key: Hashable = None) -> Pair:
+        """:meth:`observe` and :meth:`score` at once: for a stream already in its canonical order."""
+        self.observe(triple, ts_ms, key)
+        return self.score(triple, ts_ms, key)
+
+    def _add_pending(self, pair: Pair, k: tuple, n: int) -> None:
+        pend = self._pending.get(pair)
+        if pend is None:
+            pend = self._pending[pair] = {}
+        v = pend.get(k, 0) + n
+        if v:
+            pend[k] = v
+        else:
+            del pend[k]
+            if not pend:
+                del self._pending[pair]
+
+    def pending(self, pair: Pair) -> list[tuple[Hashable, int]]:
+        """(successor, event time) of each of the pair's observed transitions not scored yet."""
+        return [(k[0], k[1]) for k, n in self._pending.get(pair, {}).items() for _ in range(max(n, 0))]
+
+    def _learned_shares(self, pair: Pair, now_ms: int) -> dict[Hashable, float]:
+        k = len(self.table.half_lives_ms)
+        counts, support = self.table.mix(pair, now_ms, self._weights.get(pair) or (1.0 / k,) * k)
+        return {c: v / support for c, v in counts.items()} if support > 0 else {}
+
+    def estimate(self, pair: Pair, now_ms: int | None = None) -> PairEstimate:
+        """The pair's estimate at ``now_ms`` (default: its newest transition's event time; never earlier)."""
+        t = self.table
+        latest = self._latest.get(pair)
+        if latest is None:
+            raise KeyError(f"pair {pair!r} has no transition")
+        now = latest if now_ms is None or now_ms < latest else now_ms
+        k = len(t.half_lives_ms)
+        ws = self._weights.get(pair) or (1.0 / k,) * k
+        counts, support = t.mix(pair, now, ws)
+        for (c, ts, _), n in self._pending.get(pair, {}).items():
+            if n > 0:
+                f = n * sum(w * 2.0 ** (-(now - ts) / h) for w, h in zip(ws, t.half_lives_ms, strict=True) if w > 0)
+                counts[c] = counts.get(c, 0.0) + f
+                support += f
+        best = max(range(k), key=ws.__getitem__)
+        trend = self.trends.get(pair)
+        return PairEstimate(pair, tuple(counts.items()), trend.reference if trend is not None else None, support, now,
+                            t.half_lives_ms[best], tuple(zip(t.labels, ws, strict=True)))
+
+    def pairs(self) -> list[Pair]:
+        """Every pair observed, in first-seen order."""
+        return list(self._latest)
+
+    def __len__(self) -> int:
+        return len(self._latest)
+
+    def __repr__(self) -> str:
+        return f"LiveSuccessors({self.table!r}, trend_window_ms={self.trend_window_ms})"
+
+    def snapshot(self) -> LiveSnapshot:
+        return LiveSnapshot(self.table.snapshot(), self.trend_window_ms,
+                            tuple((p, r.as_tuple()) for p, r in self.trends.items()),
+                            tuple(self._weights.items()),
+                            tuple((p, tuple(d.items())) for p, d in self._pending.items()),
+                            tuple(self._latest.items()))
+
+    @classmethod
+    def from_snapshot(cls, snap: LiveSnapshot) -> LiveSuccessors:
+        s = cls(table=AdaptiveSuccessorTable.from_snapshot(snap.table), trend_window_ms=snap.trend_window_ms)
+        s.trends = {p: TrendReference.from_tuple(r) for p, r in snap.trends}
+        s._weights = dict(snap.weights)
+        s._pending = {p: dict(d) for p, d in snap.pending}
+        s._latest = dict(snap.latest)
+        return s

@@ -1,11 +1,13 @@
 """Hybrid update cadence: when a pair's precomputed row needs a RAG refresh, and when a fine-tune is due.
 
 A recommender serves, per cluster pair p = (c1, c2), a row predicted offline by an LLM from the pair's successor
-distribution. Per pair the controller keeps C_p, decayed successor counts (half-life ``half_life_ms`` of event
-time); R_p, the distribution its row was inferred from; B_p, the distribution the base model was fine-tuned on;
-and the pair's triples since R_p was set (stale traffic, undecayed). change(P, Q) is :func:`drift_change`: the
-total variation distance 0.5 * sum |P - Q| minus what sampling noise alone would give (effective sample sizes:
-twice the decayed supports), floored at 0; 1.0 against a missing Q.
+distribution. Per pair the controller keeps C_p, the successor estimate the job serves (the adaptive mix of
+``half_lives_ms`` per pair, :class:`~operators.adaptive_successors.AdaptiveSuccessorTable`, or one fixed
+``half_life_ms``); R_p, the distribution its row was inferred from; B_p, the distribution the base model was
+fine-tuned on; and the pair's triples since R_p was set (stale traffic, undecayed). change(P, Q) is
+:func:`drift_change`: the total variation distance 0.5 * sum |P - Q| minus what sampling noise alone would give
+(effective sample sizes: twice the decayed supports, once the undecayed ones), floored at 0; 1.0 against a missing
+Q.
 
 Decisions run at each multiple of ``check_every_ms`` in event time (one check at the latest boundary when time
 jumps), all priced in one cost unit:
@@ -41,6 +43,8 @@ from typing import Any
 
 import orjson
 
+from operators.adaptive_successors import DEFAULT_HALF_LIVES_MS, AdaptiveSuccessorTable
+
 __all__ = [
     "DAY_MS", "HOUR_MS", "KINDS", "CadenceConfig", "CadenceController", "CadenceEvent", "finetune_due",
     "drift_change", "refresh_due", "total_variation",
@@ -51,14 +55,15 @@ DAY_MS = 86_400_000
 KINDS = ("rag_refresh", "fine_tune")
 
 _TWO_OVER_PI = 2.0 / math.pi
-_INT_FIELDS = {"half_life_ms": 1, "check_every_ms": 1, "min_finetune_interval_ms": 0, "top_k": 1}
+_INT_FIELDS = {"check_every_ms": 1, "min_finetune_interval_ms": 0, "top_k": 1}
 
 
 @dataclass(frozen=True)
 class CadenceConfig:
     """Costs and thresholds of the cadence controller; every field is checked (bad value -> ``ValueError``)."""
 
-    half_life_ms: int = 2 * DAY_MS
+    half_life_ms: int | None = None  # one fixed half-life of C_p; None: the adaptive mix of half_lives_ms
+    half_lives_ms: tuple[float, ...] = DEFAULT_HALF_LIVES_MS
     check_every_ms: int = HOUR_MS
     refresh_cost: float = 1.0
     finetune_cost: float = 2_000.0
@@ -69,6 +74,11 @@ class CadenceConfig:
     top_k: int = 5
 
     def __post_init__(self) -> None:
+        h = self.half_life_ms
+        if h is not None and (isinstance(h, bool) or not isinstance(h, int) or h < 1):
+            raise ValueError(f"half_life_ms must be an int >= 1 or None (adaptive), got {h!r}")
+        object.__setattr__(self, "half_lives_ms", tuple(self.half_lives_ms))
+        AdaptiveSuccessorTable(self.half_lives())  # checks the half-lives
         for name, low in _INT_FIELDS.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -82,6 +92,10 @@ class CadenceConfig:
         v = self.min_change
         if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 < v <= 1.0:
             raise ValueError(f"min_change must be a number in (0, 1], got {v!r}")
+
+    def half_lives(self) -> tuple[float, ...]:
+        """The half-lives C_p mixes: ``(half_life_ms,)`` when one is fixed, else ``half_lives_ms``."""
+        return (self.half_life_ms,) if self.half_life_ms is not None else self.half_lives_ms
 
 
 # ------------------------------------------------------------------------------------------------ decisions
@@ -217,12 +231,10 @@ class CadenceController:
         self._reset()
 
     def _reset(self) -> None:
-        self._inv_half_life = 1.0 / self.config.half_life_ms
+        self._table = AdaptiveSuccessorTable(self.config.half_lives())  # C_p of every pair
         self._now: int | None = None
         self._start = 0  # event time of the first triple (the "last fine-tune" before any)
-        self._ref = 0  # event time of the last check (or the boundary before the first event): counts are scaled to it
-        self._counts: dict[tuple[int, int], dict[int, float]] = {}  # scaled to the pair's own time in _scaled_at
-        self._scaled_at: dict[tuple[int, int], int] = {}
+        self._ref = 0  # event time of the last check (or the boundary before the first event)
         self._pending: dict[tuple[int, int], int] = {}  # triples since the last check
         self._rows: dict[tuple[int, int], dict[int, float]] = {}
         self._base: dict[tuple[int, int], dict[int, float]] = {}
@@ -238,16 +250,8 @@ class CadenceController:
     def on_triple(self, c1: int, c2: int, c_next: int, ts_ms: int) -> list[CadenceEvent]:
         """Advance event time to ``ts_ms`` (events of the checks passed), then count the triple."""
         events = self.advance(ts_ms) if self._now is None or ts_ms > self._now else []
+        self._table.update((c1, c2, c_next), ts_ms)
         key = (c1, c2)
-        row = self._counts.get(key)
-        if row is None:
-            row = self._counts[key] = {}
-            self._scaled_at[key] = self._ref
-        exponent = (ts_ms - self._scaled_at[key]) * self._inv_half_life
-        if exponent > 500.0:  # a pair idle for hundreds of half-lives: rescale before 2**x nears overflow
-            self._rescale(key, ts_ms)
-            exponent = 0.0
-        row[c_next] = row.get(c_next, 0.0) + 2.0 ** exponent
         self._pending[key] = self._pending.get(key, 0) + 1
         return events
 
@@ -276,15 +280,10 @@ class CadenceController:
 
     # ------------------------------------------------------------------------------------------------- checks
 
-    def _rescale(self, key: tuple[int, int], ts_ms: int) -> tuple[float, dict[int, float]]:
-        """Scale the pair's counts to ``ts_ms``; returns its (support, distribution) there."""
-        row = self._counts[key]
-        factor = 2.0 ** (-(ts_ms - self._scaled_at[key]) * self._inv_half_life)
-        for c in row:
-            row[c] *= factor
-        self._scaled_at[key] = ts_ms
-        total = sum(row.values())
-        return total, ({c: v / total for c, v in row.items()} if total > 0 else {})
+    def _read(self, key: tuple[int, int], ts_ms: int) -> tuple[float, dict[int, float], float]:
+        """The pair's (support, successor distribution, effective sample size) at ``ts_ms``."""
+        support, counts, size = self._table.estimate(key, ts_ms)
+        return support, ({c: v / support for c, v in counts.items()} if support > 0 else {}), size
 
     def _check(self, ts_ms: int) -> list[CadenceEvent]:
         """Only pairs with triples since the last check can change a decision (a pair without new data keeps its
@@ -295,51 +294,52 @@ class CadenceController:
         pending, self._pending = self._pending, {}
         support: dict[tuple[int, int], float] = {}
         dist: dict[tuple[int, int], dict[int, float]] = {}
+        ess: dict[tuple[int, int], float] = {}
         for key in list(pending) + [k for k in self._stale_keys if k not in pending]:
-            support[key], dist[key] = self._rescale(key, ts_ms)
+            support[key], dist[key], ess[key] = self._read(key, ts_ms)
         for key, n in pending.items():
             self._stale[key] = self._stale.get(key, 0) + n
         sizes = self._n
         for key, s in support.items():  # first rows (and, before any fine-tune, first base)
             if s >= cfg.min_support and key not in self._rows:
                 self._rows[key], self._stale[key] = dist[key], 0
-                sz = sizes.setdefault(key, [2.0 * s, 2.0 * s])
-                sz[0] = 2.0 * s
+                sz = sizes.setdefault(key, [ess[key], ess[key]])
+                sz[0] = ess[key]
                 if self._last_finetune is None and key not in self._base:
-                    self._base[key], sz[1] = dist[key], 2.0 * s
+                    self._base[key], sz[1] = dist[key], ess[key]
         traffic = weighted = 0.0
         for key, n in pending.items():
             if support[key] >= cfg.min_support:
-                change = drift_change(dist[key], 2.0 * support[key], self._base.get(key), self._n.get(key, [1, 1])[1])
+                change = drift_change(dist[key], ess[key], self._base.get(key), self._n.get(key, [1, 1])[1])
                 traffic += n
                 weighted += n * change
         self._debt += weighted * cfg.miss_cost
         since = self._last_finetune if self._last_finetune is not None else self._start
         due, reason = finetune_due(self._debt, ts_ms - since, cfg)
         if due:
-            for key in self._counts:
+            for key in self._table.pairs():
                 if key not in support:
-                    support[key], dist[key] = self._rescale(key, ts_ms)
-            return [self._finetune(ts_ms, since, reason, weighted / traffic if traffic else 0.0, support, dist)]
-        return self._refresh(ts_ms, support, dist)
+                    support[key], dist[key], ess[key] = self._read(key, ts_ms)
+            return [self._finetune(ts_ms, since, reason, weighted / traffic if traffic else 0.0, support, dist, ess)]
+        return self._refresh(ts_ms, support, dist, ess)
 
-    def _finetune(self, ts_ms: int, since: int, reason: str, drift: float,
-                  support: dict[tuple[int, int], float], dist: dict[tuple[int, int], dict[int, float]]) -> CadenceEvent:
+    def _finetune(self, ts_ms: int, since: int, reason: str, drift: float, support: dict[tuple[int, int], float],
+                  dist: dict[tuple[int, int], dict[int, float]], ess: dict[tuple[int, int], float]) -> CadenceEvent:
         cfg = self.config
         drifted = sum(1 for key, s in support.items() if s >= cfg.min_support and drift_change(
-            dist[key], 2.0 * s, self._base.get(key), self._n.get(key, [1, 1])[1]) >= cfg.min_change)
+            dist[key], ess[key], self._base.get(key), self._n.get(key, [1, 1])[1]) >= cfg.min_change)
         evidence = {"debt": round(self._debt, 6), "finetune_cost": cfg.finetune_cost, "since_ms": since,
                     "days_since": round((ts_ms - since) / DAY_MS, 6), "traffic_weighted_drift": round(drift, 6),
                     "pairs_drifted": drifted}
         self._base, self._rows, self._stale = dict(dist), dict(dist), dict.fromkeys(dist, 0)
-        self._n = {key: [2.0 * s, 2.0 * s] for key, s in support.items()}
+        self._n = {key: [ess[key], ess[key]] for key in support}
         self._debt, self._last_finetune, self._stale_pairs = 0.0, ts_ms, 0
         self._stale_keys = set()
         self._finetunes += 1
         return CadenceEvent("fine_tune", ts_ms, (), reason, evidence)
 
-    def _refresh(self, ts_ms: int, support: dict[tuple[int, int], float],
-                 dist: dict[tuple[int, int], dict[int, float]]) -> list[CadenceEvent]:
+    def _refresh(self, ts_ms: int, support: dict[tuple[int, int], float], dist: dict[tuple[int, int], dict[int, float]],
+                 ess: dict[tuple[int, int], float]) -> list[CadenceEvent]:
         cfg = self.config
         due_pairs: list[tuple[float, tuple[int, int], float, int]] = []
         stale = self._stale_keys
@@ -348,7 +348,7 @@ class CadenceController:
             stale.discard(key)
             if row is None or s < cfg.min_support:
                 continue
-            change = drift_change(dist[key], 2.0 * s, row, self._n.get(key, [1, 1])[0])
+            change = drift_change(dist[key], ess[key], row, self._n.get(key, [1, 1])[0])
             traffic = self._stale.get(key, 0)
             if refresh_due(s, change, traffic, cfg)[0]:
                 due_pairs.append((traffic * change * cfg.miss_cost, key, change, traffic))
@@ -364,7 +364,7 @@ class CadenceController:
                           "stale_traffic": traffic, "expected_loss": round(loss, 6),
                           "top_before": _top(self._rows[key], cfg.top_k), "top_after": _top(dist[key], cfg.top_k)})
             self._rows[key], self._stale[key] = dist[key], 0
-            self._n.setdefault(key, [0.0, 0.0])[0] = 2.0 * support[key]
+            self._n.setdefault(key, [0.0, 0.0])[0] = ess[key]
         n, total_loss = len(pairs), sum(t[0] for t in due_pairs)
         loss0, key0, change0, traffic0 = due_pairs[0]
         reason = (f"refresh {n} stale pair{'s' if n > 1 else ''}: expected loss {total_loss:,.2f} "
@@ -379,6 +379,11 @@ class CadenceController:
     @property
     def last_finetune_ms(self) -> int | None:
         return self._last_finetune
+
+    @property
+    def successors(self) -> AdaptiveSuccessorTable:
+        """C_p of every pair (read it; the controller alone updates it)."""
+        return self._table
 
     @property
     def debt(self) -> float:
@@ -400,47 +405,61 @@ class CadenceController:
     def status(self) -> dict[str, Any]:
         """Counters as of the last check; ``stale_pairs``: rows changed >= ``min_change`` but not worth a refresh."""
         return {"now_ms": self._now, "debt": self._debt, "finetune_cost": self.config.finetune_cost,
-                "last_finetune_ms": self._last_finetune, "pairs": len(self._counts),
+                "last_finetune_ms": self._last_finetune, "pairs": len(self._table),
                 "stale_pairs": self._stale_pairs, "refreshes": self._refreshes, "finetunes": self._finetunes}
 
     def __repr__(self) -> str:
-        return f"CadenceController(pairs={len(self._counts)}, now_ms={self._now}, debt={self._debt:.1f})"
+        return f"CadenceController(pairs={len(self._table)}, now_ms={self._now}, debt={self._debt:.1f})"
 
     # ----------------------------------------------------------------------------------------------- snapshots
 
     def snapshot(self) -> dict[str, Any]:
-        """The whole state as plain lists/dicts/numbers (JSON-able and picklable); dict orders are kept."""
+        """The whole state as plain lists/dicts/numbers (JSON-able, with ``Infinity`` for no decay, and picklable);
+        dict orders are kept."""
 
         def items(d: dict[int, float] | None) -> list[list[float]] | None:
             return None if d is None else [[k, v] for k, v in d.items()]
 
-        pairs = [[key[0], key[1], items(row), items(self._rows.get(key)), items(self._base.get(key)),
-                  self._stale.get(key, 0), self._n.get(key), self._scaled_at[key], key in self._stale_keys]
-                 for key, row in self._counts.items()]
-        return {"version": 1, "config": asdict(self.config), "now_ms": self._now, "start_ms": self._start,
+        pairs = [[key[0], key[1], items(self._rows.get(key)), items(self._base.get(key)), self._stale.get(key, 0),
+                  self._n.get(key), key in self._stale_keys] for key in self._table.pairs()]
+        config = {**asdict(self.config), "half_lives_ms": list(self.config.half_lives_ms)}
+        return {"version": 2, "config": config, "now_ms": self._now, "start_ms": self._start,
                 "ref_ms": self._ref, "debt": self._debt, "last_finetune_ms": self._last_finetune,
                 "refreshes": self._refreshes, "finetunes": self._finetunes, "stale_pairs": self._stale_pairs,
-                "pairs": pairs, "pending": [[k[0], k[1], n] for k, n in self._pending.items()]}
+                "table": self._table.to_plain(), "pairs": pairs,
+                "pending": [[k[0], k[1], n] for k, n in self._pending.items()]}
 
     @classmethod
     def from_snapshot(cls, snap: dict[str, Any]) -> CadenceController:
-        if snap.get("version") != 1:
-            raise ValueError(f"unsupported cadence snapshot version {snap.get('version')!r} (expected 1)")
+        if snap.get("version") != 2:
+            raise ValueError(f"unsupported cadence snapshot version {snap.get('version')!r} (expected 2)")
         ctl = cls(CadenceConfig(**snap["config"]))
         ctl._now, ctl._start, ctl._ref, ctl._debt = snap["now_ms"], snap["start_ms"], snap["ref_ms"], snap["debt"]
         ctl._last_finetune, ctl._stale_pairs = snap["last_finetune_ms"], snap["stale_pairs"]
         ctl._refreshes, ctl._finetunes = snap["refreshes"], snap["finetunes"]
-        for c1, c2, counts, row, base, stale, sizes, scaled_at, is_stale in snap["pairs"]:
+        ctl._table = AdaptiveSuccessorTable.from_plain(snap["table"])
+        for c1, c2, row, base, stale, sizes, is_stale in snap["pairs"]:
             key = (c1, c2)
-            ctl._scaled_at[key] = scaled_at
             if is_stale:
                 ctl._stale_keys.add(key)
             if sizes is not None:
                 ctl._n[key] = list(sizes)
-            ctl._counts[key] = {k: v for k, v in counts}
             for target, value in ((ctl._rows, row), (ctl._base, base)):
                 if value is not None:
                     target[key] = {k: v for k, v in value}
             ctl._stale[key] = stale
         ctl._pending = {(c1, c2): n for c1, c2, n in snap["pending"]}
         return ctl
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle, also a controller pickled before C_p was the adaptive table (a recovery store of an older
+        version): its counts, each scaled to its pair's own time, become a table of its one fixed half-life."""
+        self.__dict__.update(state)
+        if "_table" not in state:
+            half_life = state["config"].half_life_ms
+            table = AdaptiveSuccessorTable((half_life,))
+            for key, row in state["_counts"].items():
+                table.add_counts(key, row, state["_scaled_at"][key])
+            self._table = table
+            for name in ("_counts", "_scaled_at", "_inv_half_life"):
+                self.__dict__.pop(name, None)

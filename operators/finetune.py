@@ -43,7 +43,8 @@ def finetune_samples(pairs: Iterable[Mapping[str, Any]], labels: Mapping[int, st
     shape of ``successors.json`` and of the index's ``pair:`` mutations), and a report of what was kept.
 
     ``since_ms``: only pairs whose state changed at or after this event time (what moved since the last
-    fine-tune). Counts are the state's decayed counts at its ``ts_ms``, copied unchanged."""
+    fine-tune). Counts are the state's decayed counts at its ``ts_ms``, copied unchanged; ``half_life`` is the
+    pair's effective time scale when the state has one (the adaptive estimate's, e.g. ``"7d"``, ``"none"``)."""
     for name, v in (("min_support", min_support), ("min_count", min_count)):
         if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
             raise ValueError(f"{name} must be a number >= 0, got {v!r}")
@@ -77,6 +78,7 @@ def finetune_samples(pairs: Iterable[Mapping[str, Any]], labels: Mapping[int, st
                 "pair": [c1, c2], "next": c, "count": float(s["count"]),
                 "share": round(float(s["count"]) / float(p["support"]), 6) if float(p["support"]) else 0.0,
                 "support": float(p["support"]), "ts_ms": int(p["ts_ms"]),
+                **({"half_life": str(p["half_life"])} if p.get("half_life") else {}),
                 **({"codebook": codebook} if codebook else {}),
             })
     report["samples"] = len(samples)

@@ -23,12 +23,12 @@ for a pair with too little support.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
 __all__ = [
     "MODES", "SOURCES", "CounterSnapshot", "DecayedCounter", "PairSnapshot", "PairSuccessors", "Successor",
-    "SuccessorTable", "TableSnapshot", "rank_successors", "split_triple",
+    "SuccessorTable", "TableSnapshot", "TrendReference", "rank_successors", "split_triple",
 ]
 
 MODES = ("frequency", "trend")
@@ -194,6 +194,59 @@ class PairSnapshot:
     next_reference_ms: int | None = None
 
 
+class TrendReference:
+    """Successor shares one to two ``window_ms`` ago, rolled forward in a stream: what a successor's trend (its
+    share now minus its share then) is measured against. Shared by every successor estimate.
+
+    At each window boundary the shares marked at the previous boundary become the reference and the current
+    shares are marked for the next one, so the trend never drops to zero just after a roll. Event times earlier
+    than the last mark never roll. Reference dicts are replaced, never changed in place: safe to hand out.
+
+    >>> r = TrendReference()
+    >>> shares = {"a": 1.0}
+    >>> [r.roll(ts, 10, lambda: shares) for ts in (0, 5, 10)], r.reference, r.reference_ms
+    ([False, False, True], {'a': 1.0}, 0)
+    """
+
+    __slots__ = ("next_reference", "next_reference_ms", "reference", "reference_ms")
+
+    def __init__(self, reference: dict[Hashable, float] | None = None, reference_ms: int | None = None,
+                 next_reference: dict[Hashable, float] | None = None, next_reference_ms: int | None = None) -> None:
+        self.reference, self.reference_ms = reference, reference_ms
+        self.next_reference, self.next_reference_ms = next_reference, next_reference_ms
+
+    def roll(self, now_ms: int, window_ms: int, shares: Callable[[], dict[Hashable, float]]) -> bool:
+        """Roll at a window boundary (call before each update); ``shares()`` is read only when it rolls or marks.
+        Returns whether it rolled."""
+        mark = self.next_reference_ms
+        if mark is not None and now_ms - mark < window_ms:
+            return False
+        if mark is not None:
+            self.reference, self.reference_ms = self.next_reference, mark
+        current = shares()
+        if current:
+            self.next_reference, self.next_reference_ms = current, now_ms
+        return mark is not None
+
+    def mark(self, shares: dict[Hashable, float], now_ms: int) -> None:
+        """Make ``shares`` the reference now."""
+        self.reference, self.reference_ms = shares, now_ms
+
+    def copy(self) -> TrendReference:
+        return TrendReference(self.reference, self.reference_ms, self.next_reference, self.next_reference_ms)
+
+    def as_tuple(self) -> tuple:
+        """(reference items, its ms, next reference items, its ms): picklable, immutable."""
+        ref, nxt = self.reference, self.next_reference
+        return (tuple(ref.items()) if ref is not None else None, self.reference_ms,
+                tuple(nxt.items()) if nxt is not None else None, self.next_reference_ms)
+
+    @classmethod
+    def from_tuple(cls, t: tuple) -> TrendReference:
+        ref, ref_ms, nxt, nxt_ms = t
+        return cls(dict(ref) if ref is not None else None, ref_ms, dict(nxt) if nxt is not None else None, nxt_ms)
+
+
 class PairSuccessors:
     """Decayed successor counts of one pair (or of all pairs: the global fallback), with a trend reference.
 
@@ -209,7 +262,7 @@ class PairSuccessors:
     [('c', 0.25), ('b', 0.125)]
     """
 
-    __slots__ = ("_counter", "_next_reference", "_next_reference_ms", "_reference", "_reference_ms", "half_life_ms")
+    __slots__ = ("_counter", "_trend", "half_life_ms")
 
     def __init__(self, half_life_ms: float) -> None:
         DecayedCounter(half_life_ms)  # checks half_life_ms
@@ -218,10 +271,7 @@ class PairSuccessors:
 
     def _reset(self) -> None:
         self._counter = DecayedCounter(self.half_life_ms)
-        self._reference: dict[Hashable, float] | None = None  # successor -> share at the reference
-        self._reference_ms: int | None = None
-        self._next_reference: dict[Hashable, float] | None = None  # see roll_reference
-        self._next_reference_ms: int | None = None
+        self._trend = TrendReference()  # successor -> share at the reference
 
     def update(self, c_next: Hashable, ts_ms: int) -> PairSuccessors:
         self._counter.update(c_next, ts_ms)
@@ -236,9 +286,7 @@ class PairSuccessors:
         (['a'], ['a', 'b'])
         """
         new = PairSuccessors.__new__(PairSuccessors)
-        new.half_life_ms, new._counter = self.half_life_ms, self._counter.copy()
-        new._reference, new._reference_ms = self._reference, self._reference_ms
-        new._next_reference, new._next_reference_ms = self._next_reference, self._next_reference_ms
+        new.half_life_ms, new._counter, new._trend = self.half_life_ms, self._counter.copy(), self._trend.copy()
         return new
 
     def total(self, now_ms: int) -> float:
@@ -247,9 +295,7 @@ class PairSuccessors:
 
     def mark_reference(self, now_ms: int) -> None:
         """Freeze the current successor shares as the reference that ``trend`` is measured against."""
-        total = self._counter.total(now_ms)
-        self._reference = {c: v / total for c, v in self._counter.items(now_ms)} if total > 0 else {}
-        self._reference_ms = now_ms
+        self._trend.mark(self.shares(now_ms), now_ms)
 
     def shares(self, now_ms: int) -> dict[Hashable, float]:
         """Each successor's share of the pair's decayed observations at ``now_ms``."""
@@ -269,19 +315,11 @@ class PairSuccessors:
         >>> p.reference_ms, [(s.cluster, round(s.trend, 3)) for s in p.top(2, now_ms=30)]
         (20, [('b', 0.5), ('a', -0.5)])
         """
-        mark = self._next_reference_ms
-        if mark is not None and now_ms - mark < window_ms:
-            return False
-        if mark is not None:
-            self._reference, self._reference_ms = self._next_reference, mark
-        shares = self.shares(now_ms)
-        if shares:
-            self._next_reference, self._next_reference_ms = shares, now_ms
-        return mark is not None
+        return self._trend.roll(now_ms, window_ms, lambda: self.shares(now_ms))
 
     @property
     def reference_ms(self) -> int | None:
-        return self._reference_ms
+        return self._trend.reference_ms
 
     @property
     def latest_ms(self) -> int | None:
@@ -297,7 +335,7 @@ class PairSuccessors:
         _check_k_mode(k, mode)
         excluded = set(exclude)
         items = [(c, v) for c, v in self._counter.items(now_ms) if c not in excluded]
-        ref = self._reference
+        ref = self._trend.reference
         if ref is not None and excluded:
             ref_total = sum(s for c, s in ref.items() if c not in excluded)
             ref = {c: s / ref_total for c, s in ref.items() if c not in excluded} if ref_total > 0 else {}
@@ -310,7 +348,7 @@ class PairSuccessors:
     @property
     def reference(self) -> dict[Hashable, float] | None:
         """Shares at the trend reference. Replaced, never changed in place: safe to hand out."""
-        return self._reference
+        return self._trend.reference
 
     def __len__(self) -> int:
         return len(self._counter)
@@ -319,18 +357,15 @@ class PairSuccessors:
         return f"PairSuccessors(half_life_ms={self.half_life_ms}, successors={len(self)})"
 
     def snapshot(self) -> PairSnapshot:
-        ref = tuple(self._reference.items()) if self._reference is not None else None
-        nxt = tuple(self._next_reference.items()) if self._next_reference is not None else None
-        return PairSnapshot(self._counter.snapshot(), ref, self._reference_ms, nxt, self._next_reference_ms)
+        ref, ref_ms, nxt, nxt_ms = self._trend.as_tuple()
+        return PairSnapshot(self._counter.snapshot(), ref, ref_ms, nxt, nxt_ms)
 
     @classmethod
     def from_snapshot(cls, snap: PairSnapshot) -> PairSuccessors:
         p = cls(snap.counter.half_life_ms)
         p._counter = DecayedCounter.from_snapshot(snap.counter)
-        p._reference = dict(snap.reference) if snap.reference is not None else None
-        p._reference_ms = snap.reference_ms
-        p._next_reference = dict(snap.next_reference) if snap.next_reference is not None else None
-        p._next_reference_ms = snap.next_reference_ms
+        p._trend = TrendReference.from_tuple((snap.reference, snap.reference_ms, snap.next_reference,
+                                              snap.next_reference_ms))
         return p
 
 

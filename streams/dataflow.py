@@ -11,6 +11,7 @@
                        -> index mutations (streams/index_stage.py) -> mutations sink  Mutation
                        -> drift monitor (streams/drift_stage.py) -> alerts sink  Alert; drift status -> mutations
                             + cadence controller                     -> cadence sink CadenceEvent
+                            + its triples again, in event-time order -> transitions (each pair's time scale)
                   -> events sink (without clustering)       Engagement | ContentEvent
 
 The events sink is where the next stages (transitions, drift, index) attach.
@@ -34,6 +35,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import FixedPartitionedSink, Sink
 
+from operators.adaptive_successors import DEFAULT_HALF_LIVES_MS
 from streams.content_stage import ClusteringConfig, cluster_events, tally_items
 from streams.contract import ContentEvent, DeadLetter, Engagement, Validator, dead_letter_key
 from streams.drift_stage import drift_alerts_and_status
@@ -41,7 +43,7 @@ from streams.errors import guard_batch
 from streams.index_stage import index_mutations
 from streams.metrics import DEAD_LETTERS, STEP_RECORDS, StepCounts
 from streams.sinks import KeyedValue
-from streams.transitions_stage import mine_successors
+from streams.transitions_stage import count_successors, mine_triples
 
 
 def write(step_id: str, stream: Stream[Any], sink: Sink) -> None:
@@ -108,7 +110,7 @@ def build_flow(
     alerts_sink: Sink | None = None,
     cadence: Callable[[], Any] | None = None,
     cadence_sink: Sink | None = None,
-    half_life_ms: int = 2 * 86_400_000,
+    half_lives_ms: tuple[float, ...] = DEFAULT_HALF_LIVES_MS,
     trend_window_ms: int = 86_400_000,
     engagement_partitions: int = 1,
     flow_id: str = "driftrag",
@@ -146,14 +148,11 @@ def build_flow(
     write("write_events", clustered, events_sink)
     if not later:
         return flow
-    triples, pair_states = mine_successors(clustered, half_life_ms=half_life_ms, trend_window_ms=trend_window_ms,
-                                           counts=counts)
-    if pairs_sink is not None:
-        write("write_pairs", pair_states, pairs_sink)
-    drift_status = None
+    triples = mine_triples(clustered, counts)
+    drift_status = scored = None
     if drift_monitor is not None:
-        alerts, drift_status, cadence_events = drift_alerts_and_status(items, clustered, triples, drift_monitor,
-                                                                       cadence, engagement_partitions)
+        alerts, drift_status, cadence_events, scored = drift_alerts_and_status(
+            items, clustered, triples, drift_monitor, cadence, engagement_partitions)
         alerts = count("count_alerts", alerts, ("drift", "out"))
         cadence_events = count("count_cadence", cadence_events, ("drift", "out"))
         drift_status = count("count_drift_status", drift_status, ("drift", "out"), *index)
@@ -161,6 +160,10 @@ def build_flow(
             write("write_alerts", alerts, alerts_sink)
         if cadence_sink is not None:
             write("write_cadence", cadence_events, cadence_sink)
+    pair_states = count_successors(triples, scored, half_lives_ms=half_lives_ms, trend_window_ms=trend_window_ms,
+                                   counts=counts)
+    if pairs_sink is not None:
+        write("write_pairs", pair_states, pairs_sink)
     if mutations_sink is not None:
         mutations = index_mutations(items, tally_items(clustered, counts), pair_states)
         if drift_status is not None:

@@ -29,7 +29,7 @@ from operators.cadence import CadenceEvent
 from operators.content import EmbeddedItem
 from streams.content_stage import ClusteredEngagement
 from streams.errors import guard_redo
-from streams.transitions_stage import Triple
+from streams.transitions_stage import ScoredTriple, Triple
 
 __all__ = ["DRIFT_ALERTS", "drift_alerts_and_status", "observe"]
 
@@ -50,7 +50,7 @@ def observe(batch: list[EmbeddedItem | ClusteredEngagement | Triple]) -> list[tu
             e = x.engagement
             obs.append(("e", x.cluster, e.ts_ms, e.positive, e.partition))
         elif t is Triple:
-            obs.append(("t", x.c1, x.c2, x.c_next, x.ts_ms, x.partition))
+            obs.append(("t", x.c1, x.c2, x.c_next, x.ts_ms, x.partition, x.user_id))
         else:
             obs.append(("i", x.cluster, x.ts_ms, x.vector, x.novel, x.item_id))
     return [("drift", obs)] if obs else []
@@ -151,7 +151,7 @@ def _ts_key(o: tuple) -> tuple:
     fields of that kind): fields of different kinds (an item id, a cluster) are never compared."""
     kind = o[0]
     if kind == "t":
-        return (o[4], 2, o[1], o[2], o[3])
+        return (o[4], 2, o[1], o[2], o[3], o[6] if len(o) > 6 else "")
     if kind == "i":
         return (o[2], 1, o[1], o[5], bool(o[4]))
     return (o[2], 0, o[1], bool(o[3]), o[4])
@@ -160,7 +160,9 @@ def _ts_key(o: tuple) -> tuple:
 def _feed(monitor: Any, obs: list[tuple], cadence: Any, hold: Hold) -> tuple[list[Any], int | None]:
     """Feed complete hour buckets (see :class:`Hold`), oldest first, each in a canonical order (event time, then
     cluster), engagements summed per cluster: one monitor call per cluster and hour, not per event.
-    The cadence controller, when given, sees the triples and the same event time; its events join the alerts."""
+    The cadence controller, when given, sees the triples and the same event time; its events join the alerts.
+    Each triple also goes out again as a ScoredTriple, in that canonical order: the successor estimates score
+    their transitions in it (streams/transitions_stage.py)."""
     bucket_ms = monitor.config.bucket_ms
     buckets = hold.add(obs, bucket_ms)
     alerts: list[Any] = []
@@ -184,6 +186,7 @@ def _feed(monitor: Any, obs: list[tuple], cadence: Any, hold: Hold) -> tuple[lis
                     if o[2] > row[2]:
                         row[2] = o[2]
             elif kind == "t":
+                alerts.append(ScoredTriple(o[1], o[2], o[3], o[4], o[6] if len(o) > 6 else ""))
                 alerts += monitor.on_triple(o[1], o[2], o[3], o[4])
                 if cadence is not None:
                     alerts += _cadence_events(cadence.on_triple(o[1], o[2], o[3], o[4]), monitor)
@@ -263,14 +266,16 @@ def _alert_json(a: Any) -> dict[str, Any]:
 def drift_alerts_and_status(items: Stream[EmbeddedItem], clustered: Stream[ClusteredEngagement],
                             triples: Stream[Triple], make_monitor: Callable[[], Any],
                             make_cadence: Callable[[], Any] | None = None, partitions: int = 1
-                            ) -> tuple[Stream[Alert], Stream[Mutation], Stream[Any]]:
+                            ) -> tuple[Stream[Alert], Stream[Mutation], Stream[Any], Stream[ScoredTriple]]:
     """Wire the drift monitor (and the cadence controller); returns (alerts, drift status mutations for the live
-    index, cadence events). ``partitions``: of the engagements source, waited for by the event-time hold."""
+    index, cadence events, the triples in the hold's canonical order). ``partitions``: of the engagements source,
+    waited for by the event-time hold."""
     merged = op.merge("drift_inputs", items, clustered, triples)
     keyed = op.flat_map_batch("drift_observations", merged, observe)
     step = guard_redo("monitor_drift", _monitor_step(make_monitor, make_cadence, partitions))
     out = op.flat_map_batch("unkey_drift", op.stateful_flat_map("monitor_drift", keyed, step),
                             lambda batch: [v for _, v in batch])
-    split = op.branch("split_alerts", out, lambda x: type(x) is Alert)
+    scored = op.branch("split_scored", out, lambda x: type(x) is ScoredTriple)
+    split = op.branch("split_alerts", scored.falses, lambda x: type(x) is Alert)
     rest = op.branch("split_cadence", split.falses, lambda x: type(x) is CadenceEvent)
-    return split.trues, rest.falses, rest.trues
+    return split.trues, rest.falses, rest.trues, scored.trues

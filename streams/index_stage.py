@@ -41,7 +41,7 @@ def pair_to_mutation(st: PairState) -> Mutation:
         st.pair[0], st.pair[1],
         successors=[{"cluster": s.cluster, "count": s.count, "score": s.score, "trend": s.trend}
                     for s in st.successors],
-        support=st.support, half_life_ms=st.half_life_ms, ts_ms=st.ts_ms, ingest_ms=st.ingest_ms)
+        support=st.support, half_life_ms=st.half_life_ms, ts_ms=st.ts_ms, ingest_ms=st.ingest_ms, weights=st.weights)
 
 
 def latest_pairs_to_mutations(states: list[PairState]) -> list[Mutation]:

@@ -249,7 +249,7 @@ class Job:
             cadence_sink=exact("cadence", cadence_sink, [out / "cadence.jsonl"] if file_mode else [],
                                keep=[_ListKept(self.finetunes)]) if cadence_sink is not None else None,
             engagement_partitions=self._engagement_partitions(),
-            half_life_ms=settings.transitions.half_life_ms,
+            half_lives_ms=settings.transitions.half_lives(),
             trend_window_ms=settings.transitions.trend_window_ms,
         )
 
@@ -293,7 +293,7 @@ class Job:
             return None, None
         from operators.cadence import CadenceController
 
-        config = cs.config(self.settings.transitions.half_life_ms)  # bad settings fail here, before the flow
+        config = cs.config(self.settings.transitions.half_lives())  # bad settings fail here, before the flow
         k = self.settings.kafka
         if self.mode == "kafka":
             sink = AlertSink(kafka_config=k.client(), topic=k.topic("cadence"), on_alerts=self._on_cadence)

@@ -121,7 +121,8 @@ class JobReport:
         label = self.job.codebook.label
         k = self.job.settings.transitions.top_k if top_k == -1 else top_k
         return {"pair": list(st.pair), "labels": [label(st.pair[0]), label(st.pair[1])],
-                "support": round(st.support, 2), "ts_ms": st.ts_ms,
+                "support": round(st.support, 2), "ts_ms": st.ts_ms, "half_life": st.half_life,
+                "weights": {label_: round(w, 4) for label_, w in st.weights},
                 "successors": [{"cluster": s.cluster, "label": label(s.cluster), "score": round(s.score, 4),
                                 "count": round(s.count, 2), "trend": round(s.trend, 4)}
                                for s in st.successors[:k]]}

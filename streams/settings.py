@@ -181,10 +181,27 @@ class ClusterSettings(BaseModel):
 class TransitionSettings(BaseModel):
     """Per-user transitions and per-pair successor counts (brief: 'Transitions')."""
 
-    half_life_ms: int = Field(2 * DAY_MS, gt=0)  # successor counts decay in event time
+    # Successor counts decay in event time. Each pair mixes its counts at these half-lives (null: no decay) by how
+    # well each predicted the pair's next transitions (operators/adaptive_successors.py): no per-deployment tuning.
+    half_lives_ms: list[int | None] = Field(default_factory=lambda: [1 * DAY_MS, 2 * DAY_MS, 7 * DAY_MS,
+                                                                    30 * DAY_MS, None], min_length=1)
+    half_life_ms: int | None = Field(None, gt=0)  # one fixed half-life instead (what earlier versions did)
     top_k: int = Field(5, ge=1)  # successors listed per pair in the job's summary
     # Trend = a successor's share now minus its share one to two windows ago (event time).
     trend_window_ms: int = Field(DAY_MS, gt=0)
+
+    @field_validator("half_lives_ms")
+    @classmethod
+    def _distinct(cls, v: list[int | None]) -> list[int | None]:
+        if len(set(v)) != len(v) or any(h is not None and h <= 0 for h in v):
+            raise ValueError(f"half_lives_ms must be distinct positive ints or null (no decay), got {v!r}")
+        return v
+
+    def half_lives(self) -> tuple[float, ...]:
+        """The half-lives each pair mixes, in ms (``inf``: no decay): ``(half_life_ms,)`` when one is fixed."""
+        if self.half_life_ms is not None:
+            return (float(self.half_life_ms),)
+        return tuple(float("inf") if h is None else float(h) for h in self.half_lives_ms)
 
 
 class IndexSettings(BaseModel):
@@ -278,10 +295,11 @@ class CadenceSettings(BaseModel):
     min_finetune_interval_ms: int = Field(3 * DAY_MS, ge=0)
     check_every_ms: int = Field(3_600_000, ge=1)  # decisions at each hour of event time
 
-    def config(self, half_life_ms: int) -> Any:
+    def config(self, half_lives_ms: tuple[float, ...]) -> Any:
+        """The controller's config; its C_p mixes the successor estimate's ``half_lives_ms`` (one: fixed)."""
         from operators.cadence import CadenceConfig
 
-        return CadenceConfig(half_life_ms=half_life_ms, **self.model_dump(exclude={"enabled"}))
+        return CadenceConfig(half_lives_ms=tuple(half_lives_ms), **self.model_dump(exclude={"enabled"}))
 
 
 class Settings(BaseSettings):

@@ -1,16 +1,21 @@
 """Dataflow steps from clustered engagements to per-pair successor state (the brief's transition rule).
 
     ClusteredEngagement (positive only)
-      -> key_by_user -> track_user_clusters   TransitionTracker per user        Triple
-      -> key_by_pair -> count_successors      PairSuccessors per (c1, c2)       PairState
+      -> key_by_user -> track_user_clusters                        TransitionTracker per user     Triple
+      -> key_by_source -> count_successors_by_source               LiveSuccessors per c2          PairState
+
+Successor estimates are kept per source cluster c2 (every pair (c1, c2) of it on one key): each pair's time scale
+is chosen from its own predictive record backed off to its source cluster's (operators/adaptive_successors.py),
+so a source cluster's pairs need nothing from any other and the clusters spread over all workers.
 
 Each PairState is the full current state of its pair (never an increment), so writing it downstream is an
-idempotent upsert: replaying it, or reading only the latest per pair, gives the same answer.
+idempotent upsert: replaying it, or reading only the latest per pair, gives the same answer. One goes out per
+pair per batch, after the batch's last triple of the pair.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +24,10 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from prometheus_client import Counter
 
-from operators.successors import PairSuccessors, Successor, rank_successors
+from operators.adaptive_successors import DEFAULT_HALF_LIVES_MS, LiveSnapshot, LiveSuccessors, half_life_label
+from operators.successors import Successor, rank_successors
 from streams.content_stage import ClusteredEngagement, unkey
-from streams.errors import KeyedFold
+from streams.errors import GuardedLogic, KeyedFold
 from streams.metrics import NO_COUNTS, StepCounts
 
 LATE_ENGAGEMENTS = Counter("driftrag_transitions_late_total",
@@ -45,12 +51,18 @@ class PairState:
     downstream only the latest state per pair in a batch is ever ranked."""
 
     pair: tuple[int, int]
-    counts: tuple[tuple[int, float], ...]  # every successor's decayed count at ts_ms
+    counts: tuple[tuple[int, float], ...]  # every successor's effective (decayed, mixed) count at ts_ms
     reference: dict[int, float] | None  # successor shares at the trend reference (never changed in place)
-    support: float  # decayed number of observed triples
+    support: float  # effective number of observed triples
     ts_ms: int  # event time of the latest triple
     ingest_ms: int = 0
-    half_life_ms: float = 0.0
+    half_life_ms: float = 0.0  # the effective half-life: the largest weight's (inf: no decay)
+    weights: tuple[tuple[str, float], ...] = ()  # each half-life's weight, by label ("2d", "none")
+
+    @property
+    def half_life(self) -> str:
+        """The effective half-life's label (``"7d"``, ``"none"``: no decay)."""
+        return half_life_label(self.half_life_ms)
 
     @property
     def successors(self) -> list[Successor]:
@@ -76,27 +88,53 @@ def track_user_clusters(state: tuple | None, ce: ClusteredEngagement) -> tuple[t
     return (h2, c, e.ts_ms), out
 
 
-def _count_successors(half_life_ms: int, trend_window_ms: int):  # noqa: ANN202
-    """The per-triple step ``(state, triple) -> (state, [PairState])``; its ``fold`` does a pair's whole batch."""
-    def step(state: PairSuccessors | None, t: Triple) -> tuple[PairSuccessors, list[PairState]]:
-        # A new state object, the old one untouched: a failure part-way leaves the pair as it was (streams.errors).
-        return fold(state, [t])
+@dataclass(frozen=True, slots=True)
+class ScoredTriple:
+    """A triple handed back by the drift step's event-time hold, in the canonical order (event time, pair,
+    successor) of complete hours: the successor estimate scores it now (it counted it on arrival)."""
 
-    def fold(state: PairSuccessors | None, triples: list[Triple]) -> tuple[PairSuccessors, list[PairState]]:
-        """A pair's triples of one batch: one copy of the state for all of them (the old one untouched), one full
-        PairState after each."""
-        state = PairSuccessors(half_life_ms) if state is None else state.copy()
+    c1: int
+    c2: int
+    c_next: int
+    ts_ms: int
+    user_id: str
+
+
+class CountSuccessors(StatefulBatchLogic):
+    """One source cluster's successor state (:class:`LiveSuccessors`), changed in place by each batch: a Triple
+    is observed (counted at once), a ScoredTriple scored; with ``ordered=False`` (no drift step to order them) a
+    Triple is observed and scored at once, in arrival order. One PairState per pair the batch touched, as of its
+    last value. Its snapshot is immutable (what a failing batch is rebuilt from: see
+    :class:`~streams.errors.GuardedLogic`)."""
+
+    def __init__(self, make: Callable[[], LiveSuccessors], resume: LiveSnapshot | None, ordered: bool) -> None:
+        self.state = make() if resume is None else LiveSuccessors.from_snapshot(resume)
+        self.ordered = ordered
+        # pair -> ingest_ms of its newest observed triple: a state sent after scoring reflects it (wall clock, for
+        # freshness only; not in snapshots: 0 until the pair's next triple after a restart)
+        self.ingest: dict[tuple[int, int], int] = {}
+
+    def on_batch(self, values: list[Triple | ScoredTriple]) -> tuple[list[PairState], bool]:
+        st = self.state
+        last = {(t.c1, t.c2): i for i, t in enumerate(values)}
+        observe = st.observe if self.ordered else st.update
         out = []
-        for t in triples:
-            state.roll_reference(t.ts_ms, trend_window_ms)
-            state.update(t.c_next, t.ts_ms)
-            now = state.latest_ms or t.ts_ms  # a late triple does not move the pair's clock back
-            out.append(PairState((t.c1, t.c2), state.counts(now), state.reference, state.total(now), now,
-                                 t.ingest_ms, half_life_ms))
-        return state, out
+        ingest = self.ingest
+        for i, t in enumerate(values):
+            triple = (t.c1, t.c2, t.c_next)
+            if type(t) is ScoredTriple:
+                pair = st.score(triple, t.ts_ms, t.user_id)
+            else:
+                pair = observe(triple, t.ts_ms, t.user_id)
+                ingest[pair] = t.ingest_ms  # type: ignore[index]
+            if last[pair] == i:  # type: ignore[index]
+                e = st.estimate(pair)  # at the pair's newest transition: a late one does not move its clock back
+                out.append(PairState(pair, e.counts, e.reference, e.support, e.ts_ms,  # type: ignore[arg-type]
+                                     ingest.get(pair, 0), e.half_life_ms, e.weights))  # type: ignore[arg-type]
+        return out, StatefulBatchLogic.RETAIN
 
-    step.fold = fold
-    return step
+    def snapshot(self) -> LiveSnapshot:
+        return self.state.snapshot()
 
 
 @operator
@@ -135,18 +173,53 @@ def key_positive_by_user(batch: list[ClusteredEngagement]) -> list[tuple[str, Cl
     return [(ce.engagement.user_id, ce) for ce in sorted(batch, key=_ts) if ce.engagement.positive]
 
 
-def mine_successors(clustered: Stream[ClusteredEngagement], *, half_life_ms: int, trend_window_ms: int = 86_400_000,
-                    counts: StepCounts = NO_COUNTS) -> tuple[Stream[Triple], Stream[PairState]]:
-    """Wire the transition rule and the decayed successor counts onto clustered engagements; returns (triples,
-    pair states), counted in ``counts`` as ``triples`` and ``pair_states`` by the steps that produce them."""
+def key_by_source(batch: list[Triple]) -> list[tuple[str, Triple]]:
+    """Triples keyed by their source cluster c2, in event-time order within the batch."""
+    return [(str(t.c2), t) for t in sorted(batch, key=_triple_ts)]
+
+
+def key_scored_by_source(batch: list[ScoredTriple]) -> list[tuple[str, ScoredTriple]]:
+    """Scored triples keyed by their source cluster c2, in the order the hold gave them (canonical)."""
+    return [(str(t.c2), t) for t in batch]
+
+
+def mine_triples(clustered: Stream[ClusteredEngagement], counts: StepCounts = NO_COUNTS) -> Stream[Triple]:
+    """Wire the transition rule onto clustered engagements; its triples are counted in ``counts`` as ``triples``."""
     by_user = op.flat_map_batch("key_positive_by_user", clustered, key_positive_by_user)
-    triples = op.flat_map_batch("unkey_triples", keyed_fold(
+    return op.flat_map_batch("unkey_triples", keyed_fold(
         "track_user_clusters", by_user, lambda resume: KeyedFold("track_user_clusters", track_user_clusters, resume)),
         counts.counting("triples", unkey))
-    by_pair = op.flat_map_batch("key_by_pair", triples,
-                                lambda batch: [(f"{t.c1},{t.c2}", t) for t in sorted(batch, key=_triple_ts)])
-    step = _count_successors(half_life_ms, trend_window_ms)
-    fold = getattr(step, "fold", None)
-    states = keyed_fold("count_successors", by_pair,
-                        lambda resume: KeyedFold("count_successors", step, resume, fold))
-    return triples, op.flat_map_batch("unkey_pair_states", states, counts.counting("pair_states", unkey))
+
+
+def count_successors(triples: Stream[Triple], scored: Stream[ScoredTriple] | None = None, *,
+                     half_lives_ms: Sequence[float] = DEFAULT_HALF_LIVES_MS, trend_window_ms: int = 86_400_000,
+                     counts: StepCounts = NO_COUNTS) -> Stream[PairState]:
+    """The successor estimates, one key per source cluster; pair states counted in ``counts`` as ``pair_states``.
+    ``scored``: the same triples in the drift step's canonical order (each is counted on arrival and scored when
+    it comes back from there); without it each triple is scored on arrival. ``half_lives_ms``: the half-lives
+    each pair mixes (one: a fixed half-life; ``inf``: no decay)."""
+    hl = tuple(half_lives_ms)
+    LiveSuccessors(hl, trend_window_ms=trend_window_ms)  # bad settings fail here, before the flow runs
+    ordered = scored is not None
+
+    def make() -> LiveSuccessors:
+        return LiveSuccessors(hl, trend_window_ms=trend_window_ms)
+
+    by_source = op.flat_map_batch("key_by_source", triples, key_by_source)
+    if scored is not None:
+        by_source = op.merge("observed_and_scored", by_source,
+                             op.flat_map_batch("key_scored_by_source", scored, key_scored_by_source))
+    # (a new step id: recovery state of the per-pair counts of earlier versions is not resumed into this one)
+    states = op.stateful_batch("count_successors_by_source", by_source, lambda resume: GuardedLogic(
+        "count_successors", lambda r: CountSuccessors(make, r, ordered), resume))
+    return op.flat_map_batch("unkey_pair_states", states, counts.counting("pair_states", unkey))
+
+
+def mine_successors(clustered: Stream[ClusteredEngagement], *,
+                    half_lives_ms: Sequence[float] = DEFAULT_HALF_LIVES_MS, trend_window_ms: int = 86_400_000,
+                    counts: StepCounts = NO_COUNTS) -> tuple[Stream[Triple], Stream[PairState]]:
+    """The transition rule and the successor estimates (each triple scored on arrival); returns (triples, pair
+    states)."""
+    triples = mine_triples(clustered, counts)
+    return triples, count_successors(triples, half_lives_ms=half_lives_ms, trend_window_ms=trend_window_ms,
+                                     counts=counts)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from operators.adaptive_successors import DEFAULT_HALF_LIVES_MS, AdaptiveSuccessorTable, half_life_label
+from operators.adaptive_successors import DEFAULT_HALF_LIVES_MS, AdaptiveSuccessorTable, LiveSuccessors, half_life_label
 from operators.successors import DecayedCounter
 
 DAY = 86_400_000
@@ -155,3 +158,127 @@ def test_validation(kwargs, match):
 def test_labels_and_defaults():
     assert [half_life_label(h) for h in DEFAULT_HALF_LIVES_MS] == ["1d", "2d", "7d", "30d", "none"]
     assert AdaptiveSuccessorTable().labels == ("1d", "2d", "7d", "30d", "none")
+
+
+# --------------------------------------------------------------------- one source cluster needs no other
+
+
+def _random_triples(seed: int, n: int, clusters: int = 6) -> list[tuple[tuple[int, int, int], int]]:
+    rng = random.Random(seed)
+    out, ts = [], 0
+    for _ in range(n):
+        ts += rng.choice([0, 0, 60_000, 3_600_000, 20 * 3_600_000])  # equal times collide too
+        c1, c2, c = rng.sample(range(clusters), 3)
+        out.append(((c1, c2, c), ts))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_tables_sharded_by_source_cluster_answer_as_one_table(seed):
+    """What lets the job key the successor state by source cluster c2, spread over workers: a pair's weights,
+    counts and support depend on its own transitions and its source cluster's only (prior and back-off)."""
+    one = AdaptiveSuccessorTable()
+    shards: dict[int, AdaptiveSuccessorTable] = {}
+    triples = _random_triples(seed, 2_000)
+    for triple, ts in triples:
+        one.update(triple, ts)
+        shards.setdefault(triple[1], AdaptiveSuccessorTable()).update(triple, ts)
+    end = triples[-1][1] + DAY
+    assert sorted(one.pairs()) == sorted(p for t in shards.values() for p in t.pairs())
+    for pair in one.pairs():
+        shard = shards[pair[1]]
+        assert shard.weights(pair, end) == one.weights(pair, end)
+        assert shard.counts(pair, end) == one.counts(pair, end)
+        assert shard.support(pair, end) == one.support(pair, end)
+
+
+def test_plain_state_round_trips_through_json_and_continues_identically():
+    a = AdaptiveSuccessorTable()
+    for triple, ts in _random_triples(4, 500):
+        a.update(triple, ts)
+    b = AdaptiveSuccessorTable.from_plain(json.loads(json.dumps(a.to_plain())))  # Infinity: no decay
+    end = 10**10
+    for t in (a, b):
+        t.update((0, 1, 2), end).update((3, 1, 2), end + 1)
+    for pair in a.pairs():
+        assert b.weights(pair, end + DAY) == a.weights(pair, end + DAY)
+        assert b.counts(pair, end + DAY) == a.counts(pair, end + DAY)
+
+
+def test_counts_carried_over_are_counted_not_scored():
+    t = AdaptiveSuccessorTable((DAY,))
+    t.add_counts((1, 2), {3: 4.0, 5: 1.0}, 0)
+    assert t.counts((1, 2), DAY) == pytest.approx({3: 2.0, 5: 0.5}, rel=1e-12)
+    assert t.estimate((1, 2), DAY) == pytest.approx((2.5, {3: 2.0, 5: 0.5}, 5.0), rel=1e-12)
+
+
+# ------------------------------------------------------------------- the job's state: arrival order is free
+
+
+def _close(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-9 * max(1.0, abs(a[k])) for k in a)
+
+
+def _served(s: LiveSuccessors) -> dict:
+    out = {}
+    for pair in s.pairs():
+        e = s.estimate(pair)
+        out[pair] = (e.ts_ms, round(e.support, 9), dict(e.counts), e.weights, e.half_life_ms, e.reference)
+    return out
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for pair in a:
+        (ts, sup, counts, ws, h, ref), (ts2, sup2, counts2, ws2, h2, ref2) = a[pair], b[pair]
+        assert (ts, ws, h, ref) == (ts2, ws2, h2, ref2), pair
+        assert abs(sup - sup2) <= 1e-8 * max(1.0, sup) and _close(counts, counts2), pair
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 120), scored_share=st.floats(0.0, 1.0),
+       data=st.data())
+def test_answers_do_not_depend_on_arrival_order(seed, n, scored_share, data):
+    """Observed in any order, scored in the canonical one (a prefix of it, the rest still pending, possibly
+    scored before it is observed): every pair's answer equals that of the stream taken in order. Collisions on
+    every key: few clusters, equal times, equal (triple, time, user)."""
+    rng = random.Random(seed)
+    events = [((c1, c2, c), rng.choice([0, 1, 2]) * 3_600_000, rng.choice("uvw"))
+              for _ in range(n) for c1, c2, c in [rng.sample(range(4), 3)]]
+    canonical = sorted(events)
+    k = int(len(canonical) * scored_share)
+    want = LiveSuccessors(trend_window_ms=3_600_000)
+    for triple, ts, user in canonical[:k]:
+        want.update(triple, ts, user)
+    for triple, ts, user in canonical[k:]:
+        want.observe(triple, ts, user)
+    got = LiveSuccessors(trend_window_ms=3_600_000)
+    ops = [("o", e) for e in data.draw(st.permutations(events))]
+    # the scores, in their canonical order, interleaved anywhere with the observations (a score may come first)
+    scores = [("s", e) for e in canonical[:k]]
+    merged, i = [], 0
+    for op_ in ops:
+        while i < len(scores) and data.draw(st.booleans()):
+            merged.append(scores[i])
+            i += 1
+        merged.append(op_)
+    merged += scores[i:]
+    for kind, (triple, ts, user) in merged:
+        (got.observe if kind == "o" else got.score)(triple, ts, user)
+    _same(_served(got), _served(want))
+    snap = LiveSuccessors.from_snapshot(pickle.loads(pickle.dumps(got.snapshot())))
+    _same(_served(snap), _served(want))
+
+
+def test_live_successors_in_one_ordered_stream_is_the_table():
+    s = LiveSuccessors()
+    t = AdaptiveSuccessorTable()
+    for triple, ts in _random_triples(5, 800):
+        s.update(triple, ts)
+        t.update(triple, ts)
+    for pair in t.pairs():
+        e = s.estimate(pair)
+        # the weights are those right after the pair's latest transition (t's are read later: back-off moved)
+        assert dict(e.counts) == pytest.approx(t.mix(pair, e.ts_ms, [w for _, w in e.weights])[0], rel=1e-12)
+        assert e.support == pytest.approx(sum(dict(e.counts).values()), rel=1e-9)
+    assert s.pending((0, 1)) == [] and len(s) == len(t)

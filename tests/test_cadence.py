@@ -9,6 +9,7 @@ import pickle
 import orjson
 import pytest
 
+from operators.adaptive_successors import DEFAULT_HALF_LIVES_MS, AdaptiveSuccessorTable
 from operators.cadence import (
     DAY_MS,
     HOUR_MS,
@@ -23,6 +24,7 @@ from operators.cadence import (
 )
 
 H = HOUR_MS
+INF = float("inf")
 NO_DECAY = 10**15  # a half-life so long that hand arithmetic is exact to ~1e-9
 
 
@@ -40,8 +42,11 @@ def mix_70_30(i):  # (1, 2) -> 3 70% / 4 30%, deterministically interleaved
     return (3, 4, 3, 3, 4, 3, 3, 4, 3, 3)[i % 10]
 
 
+FIXED_2D = {"half_life_ms": 2 * DAY_MS}  # the hand-worked cases below count with one fixed half-life
+
+
 def run(triples, cfg=None, until=None):
-    ctl = CadenceController(cfg)
+    ctl = CadenceController(cfg if cfg is not None else CadenceConfig(**FIXED_2D))
     events = ctl.on_triples(triples)
     if until is not None:
         events += ctl.advance(until)
@@ -197,14 +202,14 @@ def test_abrupt_switch_refreshes_the_busy_pair_not_the_quiet_one():
 
 
 def test_higher_min_change_refreshes_once_the_new_successor_leads():
-    _, events = run(merged(busy(72), QUIET), CadenceConfig(min_change=0.5), until=72 * H)
+    _, events = run(merged(busy(72), QUIET), CadenceConfig(min_change=0.5, **FIXED_2D), until=72 * H)
     assert [e.ts_ms // H for e in events] == [56]  # total variation ~0.53 less ~0.03 noise of the hour-1 row
     (p,) = events[0].pairs
     assert p["pair"] == [1, 2] and p["top_before"] == [3, 4] and p["top_after"][0] == 5
 
 
 def test_refresh_cost_above_the_expected_loss_refreshes_nothing():
-    ctl, events = run(merged(BUSY, QUIET), CadenceConfig(refresh_cost=1e6), until=48 * H)
+    ctl, events = run(merged(BUSY, QUIET), CadenceConfig(refresh_cost=1e6, **FIXED_2D), until=48 * H)
     assert events == [] and ctl.status()["stale_pairs"] == 2
 
 
@@ -319,11 +324,11 @@ def test_time_jump_runs_a_check_at_every_boundary_passed():
 
 def test_late_triple_is_counted_at_its_own_time_and_does_not_move_time_back():
     ctl, _ = run([(1, 2, 3, 10 * H + 5)])
-    before = ctl.snapshot()["pairs"][0][2]
-    assert ctl.on_triple(1, 2, 3, 10 * H - DAY_MS * 2) == []  # one half-life before the check at 10h
+    before = ctl.successors.counts((1, 2), 10 * H + 5)[3]
+    assert ctl.on_triple(1, 2, 3, 10 * H + 5 - DAY_MS * 2) == []  # one half-life before the latest
     assert ctl.now_ms == 10 * H + 5
-    after = ctl.snapshot()["pairs"][0][2]
-    assert after[0][1] - before[0][1] == pytest.approx(0.5)
+    after = ctl.successors.counts((1, 2), 10 * H + 5)[3]
+    assert after - before == pytest.approx(0.5, rel=1e-12)
     assert ctl.advance(5 * H) == [] and ctl.now_ms == 10 * H + 5
 
 
@@ -343,3 +348,40 @@ def test_snapshot_round_trip_continues_identically(codec):
     assert [e.to_dict() for e in events] == [e.to_dict() for e in whole]
     with pytest.raises(ValueError, match="version"):
         CadenceController.from_snapshot({**snap, "version": 99})
+
+
+# ------------------------------------------------------------------------------- C_p: the adaptive estimate
+
+
+def test_by_default_c_p_is_the_adaptive_estimate_the_job_serves():
+    cfg = CadenceConfig()
+    assert cfg.half_life_ms is None and cfg.half_lives() == DEFAULT_HALF_LIVES_MS
+    ctl, _ = run(BUSY, cfg, until=48 * H)
+    ref = AdaptiveSuccessorTable()
+    for c1, c2, c, ts in BUSY:
+        ref.update((c1, c2, c), ts)
+    pair = (BUSY[0][0], BUSY[0][1])
+    assert ctl.successors.counts(pair, 48 * H) == pytest.approx(ref.counts(pair, 48 * H), rel=1e-12)
+    assert CadenceConfig(half_life_ms=DAY_MS).half_lives() == (DAY_MS,)
+
+
+def test_effective_sample_size_counts_an_undecayed_transition_once_and_a_decayed_one_twice():
+    for half_lives, factor in (((INF,), 1.0), ((DAY_MS,), 2.0)):
+        ctl = CadenceController(CadenceConfig(half_lives_ms=half_lives))
+        ctl.on_triples([(1, 2, 3, i * 60_000) for i in range(50)])
+        support, dist, size = ctl._read((1, 2), 50 * 60_000)
+        assert dist == {3: 1.0} and size == pytest.approx(factor * support, rel=1e-12)
+
+
+def test_a_controller_pickled_before_the_adaptive_estimate_resumes_with_its_fixed_half_life():
+    """A recovery store of an earlier version holds the controller pickled with its own per-pair counts (each
+    scaled to the pair's time in _scaled_at); it resumes as a table of that one half-life, same counts."""
+    old = CadenceController.__new__(CadenceController)
+    fresh = CadenceController(CadenceConfig(half_life_ms=2 * DAY_MS)).__dict__
+    state = {k: v for k, v in fresh.items() if k != "_table"}
+    state.update(_counts={(1, 2): {3: 4.0, 5: 2.0}}, _scaled_at={(1, 2): 10 * H}, _inv_half_life=1 / (2 * DAY_MS),
+                 _now=10 * H, _ref=10 * H)
+    old.__setstate__(state)
+    assert old.successors.half_lives_ms == (2 * DAY_MS,) and not hasattr(old, "_counts")
+    assert old.successors.counts((1, 2), 10 * H + 2 * DAY_MS) == pytest.approx({3: 2.0, 5: 1.0}, rel=1e-12)
+    assert old.on_triple(1, 2, 3, 11 * H) == [] and old.status()["pairs"] == 1

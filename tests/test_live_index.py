@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import orjson
 import pytest
 
 from index.live import BadRequest, LiveIndex, NotFound, NotReady
@@ -258,3 +259,30 @@ def test_replicas_fed_in_another_order_answer_alike():
     assert any(c["source"] == "neighbor" for c in answers[0])
     for other in strip[1:]:
         assert other == strip[0]
+
+
+def test_the_pairs_time_scale_is_in_the_answer_and_no_decay_survives_the_wire_and_snapshots(tmp_path):
+    ix = LiveIndex(backend="cpu", min_support=0.0)
+    weights = (("1d", 0.0), ("2d", 0.01), ("7d", 0.09), ("30d", 0.2), ("none", 0.7))
+    muts = [codebook_mutation(CENTROIDS, KEYWORDS, version="v1", model="t"),
+            pair_mutation(0, 1, successors=succ((2, 8.0)), support=8.0, half_life_ms=float("inf"), ts_ms=0,
+                          ingest_ms=0, weights=weights),
+            pair_mutation(1, 2, successors=succ((3, 4.0)), support=4.0, half_life_ms=7 * 86_400_000, ts_ms=0,
+                          ingest_ms=0, weights=(("7d", 1.0),)),
+            pair_mutation(5, 6, successors=succ((3, 1.0)), support=1.0, half_life_ms=1_000, ts_ms=10**9,
+                          ingest_ms=0)]
+    key, value = encode(muts[1])
+    wire = orjson.loads(value)
+    assert wire["half_life_ms"] is None and wire["half_life"] == "none" and wire["weights"]["none"] == 0.7
+    ix.apply([decode(*encode(m)) for m in muts])  # the watermark is now 10^9 ms: 11.6 days after (0, 1)
+    ctx = ix.context(clusters=[0, 1])
+    assert ctx["successors"][0]["count"] == pytest.approx(8.0)  # no decay: not decayed to the watermark
+    assert ctx["evidence"]["half_life"] == "none" and ctx["evidence"]["weights"]["none"] == 0.7
+    assert "(8.0 recent transitions, no decay)" in ctx["prompt"]
+    assert "(4.0 recent transitions, half-life 7d)" not in ix.context(clusters=[1, 2])["prompt"]  # decayed
+    assert ", half-life 7d)" in ix.context(clusters=[1, 2])["prompt"]
+    assert ix.pair_history(0, 1)["half_life"] == "none"
+    ix.save_snapshot(tmp_path)
+    back = LiveIndex.load_snapshot(tmp_path, backend="cpu", min_support=0.0)
+    assert back.context(clusters=[0, 1])["successors"] == ctx["successors"]
+    assert back.context(clusters=[0, 1])["evidence"] == ctx["evidence"]

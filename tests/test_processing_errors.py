@@ -111,12 +111,10 @@ def test_a_failure_inside_the_drift_monitor_leaves_it_whole(workload, tmp_path, 
 def test_past_the_error_budget_the_job_stops_with_one_line(workload, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DRIFTRAG_RUN__MAX_PROCESSING_ERRORS", "5")
 
-    def broken(half_life_ms, trend_window_ms):  # noqa: ANN001, ANN202
-        def step(state, t):  # noqa: ANN001, ANN202
-            raise ValueError("broken for every record")
-        return step
+    def broken(self, triple, ts_ms, key=None):  # noqa: ANN001, ANN202
+        raise ValueError("broken for every record")
 
-    monkeypatch.setattr(ts, "_count_successors", broken)
+    monkeypatch.setattr(ts.LiveSuccessors, "observe", broken)
     rc, _ = _replay(workload, "engagements.jsonl", tmp_path / "out", tmp_path / "cb")
     assert rc == 4
     err = capsys.readouterr().err

@@ -476,11 +476,11 @@ def sensitive_drift() -> DriftConfig:
 
 
 def sensitive_cadence() -> CadenceConfig:
-    return CadenceConfig(half_life_ms=2 * DAY, min_support=1.0, min_change=0.01, refresh_cost=0.0,
+    return CadenceConfig(min_support=1.0, min_change=0.01, refresh_cost=0.0,
                          finetune_cost=0.5, min_finetune_interval_ms=0)
 
 
-DRIFT: dict[str, tuple[Any, Any]] = {"default": (DriftConfig, lambda: CadenceConfig(half_life_ms=2 * DAY)),
+DRIFT: dict[str, tuple[Any, Any]] = {"default": (DriftConfig, CadenceConfig),
                                      "sensitive": (sensitive_drift, sensitive_cadence),
                                      "off": (None, None)}  # no drift step (`driftrag run --no-drift`)
 DRIFT_ON = ["default", "sensitive"]
@@ -539,7 +539,7 @@ def run_flow(cat: Catalogue, raw: list[RawMessage], *, batch_size: int = 1000, d
             drift_monitor=(lambda: DriftMonitor(monitor_config)) if monitor_config else None,
             alerts_sink=TestingSink(o.alerts), cadence_sink=TestingSink(o.cadence),
             cadence=(lambda: CadenceController(cadence_config)) if cadence_config else None,
-            engagement_partitions=partitions, half_life_ms=2 * DAY, trend_window_ms=DAY,
+            engagement_partitions=partitions, trend_window_ms=DAY,
         )
         run_main(flow)
     o.unresolved = int(metric("driftrag_engagements_unresolved_total") - unresolved0)
@@ -599,7 +599,7 @@ def _split_distance(key: bytes, value: bytes | None) -> tuple[tuple[bytes, bytes
 
 def canonical(o: Outcome) -> dict[str, Any]:
     """What must not depend on how the input was batched: each user's clustered engagements in order, each item's
-    assignments in order, the multiset of (pair, event time) of successor updates and each pair's final state,
+    assignments in order, each pair's final state (a batch sends one state per pair it touched, its last),
     the final index state per key, the alerts, the cadence events, the dead letters, the join's counts. Items'
     distances to their centroid are kept apart ("distances"), compared within float32 rounding by :func:`same`:
     that they differ at all is pinned by ``test_item_distance_does_not_depend_on_batch_size``."""
@@ -625,7 +625,6 @@ def canonical(o: Outcome) -> dict[str, Any]:
         "valid": e["valid"],
         "clustered": dict(by_user),
         "items": dict(by_item),
-        "pair_updates": sorted(Counter((s.pair, s.ts_ms) for s in o.pairs).items()),
         "pairs": final_pair,
         "index": index,
         "alerts": sorted(e["alerts"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bytewax.operators as op
+import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
@@ -18,9 +19,10 @@ def ce(user: str, cluster: int, ts: int, positive: bool = True) -> ClusteredEnga
     return ClusteredEngagement(Engagement(user, f"i{cluster}", "like" if positive else "skip", ts, positive), cluster)
 
 
-def run(events: list[ClusteredEngagement], half_life_ms: int = DAY) -> tuple[list[Triple], list[PairState]]:
+def run(events: list[ClusteredEngagement], half_lives_ms: tuple[float, ...] = (DAY,)
+        ) -> tuple[list[Triple], list[PairState]]:
     flow = Dataflow("transitions_test")
-    triples, states = mine_successors(op.input("in", flow, TestingSource(events)), half_life_ms=half_life_ms)
+    triples, states = mine_successors(op.input("in", flow, TestingSource(events)), half_lives_ms=half_lives_ms)
     got_t, got_s = [], []
     op.output("t", triples, TestingSink(got_t))
     op.output("s", states, TestingSink(got_s))
@@ -70,7 +72,7 @@ def test_busiest_pairs_find_the_generators_true_top_successor():
         e = v.validate(RawMessage(m.topic, 0, i, m.key, m.value))
         if type(e) is Engagement and e.ts_ms < cutoff:
             events.append(ClusteredEngagement(e, truth["items"][e.item_id]))
-    _, states = run(events, half_life_ms=2 * DAY)
+    _, states = run(events, half_lives_ms=(2 * DAY,))
     latest: dict[tuple[int, int], PairState] = {}
     for s in states:
         latest[s.pair] = s  # full state per pair: the last one is the answer
@@ -81,3 +83,42 @@ def test_busiest_pairs_find_the_generators_true_top_successor():
         dist = initial[f"{s.pair[0]},{s.pair[1]}"]
         hits += s.successors[0].cluster == int(max(dist, key=dist.get))
     assert hits >= 16, hits
+
+
+def test_settings_choose_the_adaptive_mix_or_one_fixed_half_life(monkeypatch):
+    from pydantic import ValidationError
+
+    from streams.settings import Settings
+
+    assert Settings().transitions.half_lives() == (DAY, 2 * DAY, 7 * DAY, 30 * DAY, float("inf"))
+    monkeypatch.setenv("DRIFTRAG_TRANSITIONS__HALF_LIVES_MS", "[3600000, null]")
+    assert Settings().transitions.half_lives() == (3_600_000, float("inf"))
+    monkeypatch.setenv("DRIFTRAG_TRANSITIONS__HALF_LIFE_MS", str(2 * DAY))  # one fixed, as earlier versions
+    assert Settings().transitions.half_lives() == (2 * DAY,)
+    for bad in ("[3600000, 3600000]", "[0]", "[]"):
+        monkeypatch.setenv("DRIFTRAG_TRANSITIONS__HALF_LIVES_MS", bad)
+        with pytest.raises(ValidationError):
+            Settings()
+
+
+def test_pair_states_carry_the_time_scale_and_a_pairs_last_state_is_its_whole_stream():
+    """Default half-lives, scored on arrival (no drift step here): the last state of each pair is the table's
+    answer after the whole stream, whatever the batching."""
+    from operators.adaptive_successors import LiveSuccessors
+
+    gen = WorkloadGenerator(GeneratorConfig(seed=3, events=8_000))
+    v = Validator()
+    truth = gen.ground_truth()
+    events = [ClusteredEngagement(e, truth["items"][e.item_id]) for i, m in enumerate(gen.messages())
+              if type(e := v.validate(RawMessage(m.topic, 0, i, m.key, m.value))) is Engagement]
+    triples, states = run(events, half_lives_ms=(DAY, 2 * DAY, 7 * DAY, 30 * DAY, float("inf")))
+    ref = LiveSuccessors(trend_window_ms=DAY)
+    for t in sorted(triples, key=lambda t: t.ts_ms):
+        ref.update((t.c1, t.c2, t.c_next), t.ts_ms, t.user_id)
+    latest = {s.pair: s for s in states}
+    assert latest.keys() == set(ref.pairs())
+    for pair, s in latest.items():
+        e = ref.estimate(pair)
+        assert s.weights == e.weights and s.half_life_ms == e.half_life_ms and s.half_life in (
+            "1d", "2d", "7d", "30d", "none")
+        assert dict(s.counts) == pytest.approx(dict(e.counts), rel=1e-9) and s.support == pytest.approx(e.support)
