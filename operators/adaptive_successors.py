@@ -270,6 +270,11 @@ class AdaptiveSuccessorTable:
                 n.update(c, ts_ms, v)
                 g.update(c, ts_ms, v)
 
+    def supports(self, pair: Pair, now_ms: int) -> list[float]:
+        """The pair's decayed number of transitions at each half-life (zeros: unseen)."""
+        rec = self._pairs.get(pair)
+        return [0.0] * len(self.half_lives_ms) if rec is None else [n.total(now_ms) for n in rec[0]]
+
     def latest_ms(self, pair: Pair) -> int | None:
         """Event time of the pair's newest triple (None: unseen)."""
         rec = self._pairs.get(pair)
@@ -387,6 +392,7 @@ class PairEstimate:
     ts_ms: int
     half_life_ms: float
     weights: tuple[tuple[str, float], ...]
+    supports: tuple[float, ...] = ()  # the support at each half-life: order-free, whatever the weights
 
 
 class LiveSuccessors:
@@ -495,15 +501,18 @@ class LiveSuccessors:
         k = len(t.half_lives_ms)
         ws = self._weights.get(pair) or (1.0 / k,) * k
         counts, support = t.mix(pair, now, ws)
+        supports = t.supports(pair, now)
         for (c, ts, _), n in self._pending.get(pair, {}).items():
             if n > 0:
-                f = n * sum(w * 2.0 ** (-(now - ts) / h) for w, h in zip(ws, t.half_lives_ms, strict=True) if w > 0)
+                fs = [n * 2.0 ** (-(now - ts) / h) for h in t.half_lives_ms]
+                f = sum(w * x for w, x in zip(ws, fs, strict=True))
                 counts[c] = counts.get(c, 0.0) + f
                 support += f
+                supports = [s + x for s, x in zip(supports, fs, strict=True)]
         best = max(range(k), key=ws.__getitem__)
         trend = self.trends.get(pair)
         return PairEstimate(pair, tuple(counts.items()), trend.reference if trend is not None else None, support, now,
-                            t.half_lives_ms[best], tuple(zip(t.labels, ws, strict=True)))
+                            t.half_lives_ms[best], tuple(zip(t.labels, ws, strict=True)), tuple(supports))
 
     def pairs(self) -> list[Pair]:
         """Every pair observed, in first-seen order."""

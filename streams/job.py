@@ -391,7 +391,7 @@ class Job:
         with self._pairs_lock:
             for st in states:
                 self.pairs[st.pair] = st
-            self.counts.add("triples", len(states), part="pairs")
+            self.counts.add("triples", sum(st.observed for st in states), part="pairs")
 
     def _engagement_partitions(self) -> int:
         """Partitions of the engagements source: the drift step's event-time hold waits for each of them."""

@@ -123,6 +123,8 @@ class JobReport:
         return {"pair": list(st.pair), "labels": [label(st.pair[0]), label(st.pair[1])],
                 "support": round(st.support, 2), "ts_ms": st.ts_ms, "half_life": st.half_life,
                 "weights": {label_: round(w, 4) for label_, w in st.weights},
+                "support_by_half_life": {label_: round(n, 2)
+                                         for (label_, _), n in zip(st.weights, st.supports, strict=False)},
                 "successors": [{"cluster": s.cluster, "label": label(s.cluster), "score": round(s.score, 4),
                                 "count": round(s.count, 2), "trend": round(s.trend, 4)}
                                for s in st.successors[:k]]}

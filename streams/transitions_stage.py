@@ -58,6 +58,8 @@ class PairState:
     ingest_ms: int = 0
     half_life_ms: float = 0.0  # the effective half-life: the largest weight's (inf: no decay)
     weights: tuple[tuple[str, float], ...] = ()  # each half-life's weight, by label ("2d", "none")
+    supports: tuple[float, ...] = ()  # support at each half-life (in the order of weights): order-free
+    observed: int = 0  # triples of this pair counted since its previous state (the job's count of triples mined)
 
     @property
     def half_life(self) -> str:
@@ -120,6 +122,7 @@ class CountSuccessors(StatefulBatchLogic):
         observe = st.observe if self.ordered else st.update
         out = []
         ingest = self.ingest
+        observed: dict[tuple[int, int], int] = {}  # triples counted per pair in this batch (not those scored)
         for i, t in enumerate(values):
             triple = (t.c1, t.c2, t.c_next)
             if type(t) is ScoredTriple:
@@ -127,10 +130,12 @@ class CountSuccessors(StatefulBatchLogic):
             else:
                 pair = observe(triple, t.ts_ms, t.user_id)
                 ingest[pair] = t.ingest_ms  # type: ignore[index]
+                observed[pair] = observed.get(pair, 0) + 1  # type: ignore[index]
             if last[pair] == i:  # type: ignore[index]
                 e = st.estimate(pair)  # at the pair's newest transition: a late one does not move its clock back
                 out.append(PairState(pair, e.counts, e.reference, e.support, e.ts_ms,  # type: ignore[arg-type]
-                                     ingest.get(pair, 0), e.half_life_ms, e.weights))  # type: ignore[arg-type]
+                                     ingest.get(pair, 0), e.half_life_ms, e.weights, e.supports,  # type: ignore[arg-type]
+                                     observed.get(pair, 0)))  # type: ignore[arg-type]
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> LiveSnapshot:

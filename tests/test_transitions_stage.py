@@ -122,3 +122,18 @@ def test_pair_states_carry_the_time_scale_and_a_pairs_last_state_is_its_whole_st
         assert s.weights == e.weights and s.half_life_ms == e.half_life_ms and s.half_life in (
             "1d", "2d", "7d", "30d", "none")
         assert dict(s.counts) == pytest.approx(dict(e.counts), rel=1e-9) and s.support == pytest.approx(e.support)
+    # Each triple is in exactly one state's count of triples observed: the job's "triples" sums them, whatever
+    # the batching or the number of workers (one state per pair and batch).
+    assert sum(s.observed for s in states) == len(triples) > 1000
+
+
+def test_scored_triples_are_not_counted_again():
+    from operators.adaptive_successors import LiveSuccessors
+    from streams.transitions_stage import CountSuccessors, ScoredTriple
+
+    logic = CountSuccessors(lambda: LiveSuccessors((DAY,)), None, ordered=True)
+    t = [Triple(1, 2, c, DAY + i, f"u{i}") for i, c in enumerate((3, 4, 3))]
+    out, _ = logic.on_batch(t)
+    assert [s.observed for s in out] == [3]
+    out, _ = logic.on_batch([ScoredTriple(x.c1, x.c2, x.c_next, x.ts_ms, x.user_id) for x in t])
+    assert [s.observed for s in out] == [0] and out[0].support == pytest.approx(3.0)
