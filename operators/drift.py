@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from operators.alerts import KINDS, Alert
-from operators.drift_pooled import PooledTransitionDrift
+from operators.drift_pooled import OtherClusters, PooledTransitionDrift
 from operators.drift_signals import (  # noqa: F401 - re-exported: operators.drift is the public module
     DAY_MS,
     HOUR_MS,
@@ -58,6 +58,7 @@ from operators.drift_signals import (  # noqa: F401 - re-exported: operators.dri
     EngagementDrift,
     TransitionDrift,
     VolumeDrift,
+    _bucket_range,
     _check_positive,
     _Window,
     jaccard_distance,
@@ -297,6 +298,73 @@ def _test_of(kind: str, r: Mapping[str, Any]) -> dict[str, Any]:
     return {"test": "log_share_ratio", "effect_size": round(abs(math.log(s1 / s0)), 6), "support": r["count_after"]}
 
 
+class _PairSchedule:
+    """Which pairs' transition windows can have changed since the last evaluation (derived state: not pickled).
+
+    Most pairs are sparse: at most evaluations none of their buckets is at an edge of the reference or current
+    window, so moving their running sums only takes the new bounds and their result is the one they had. The
+    schedule keeps, per bucket, the pairs with triples in it; an evaluation then moves only the pairs with a bucket
+    entering or leaving a window or old enough to prune, and those that got triples since the last one (a late
+    triple inside a window changes its sums). The others take the new bounds when next touched
+    (:meth:`TransitionDrift.follow`) and keep their last result, so every result is what moving all pairs gives.
+    Where a window would not slide by a few buckets (a first evaluation, a marked reference, a recovered monitor,
+    an uneven cadence) every pair is moved, as before.
+    """
+
+    __slots__ = ("buckets", "evals", "next_seq", "ranges", "results", "touched")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, set[tuple[int, int]]] = {}  # bucket -> pairs with triples in it
+        self.touched: set[tuple[int, int]] = set()  # pairs that got triples since the last evaluation
+        # (reference, current) bucket ranges of the last evaluation; None: the next one moves every pair
+        self.ranges: tuple[tuple[int, int], tuple[int, int]] | None = None
+        self.evals = 0  # transition evaluations so far; a pair whose ``seen`` is this has the last bounds
+        self.results: dict[tuple[int, int], dict[str, Any]] = {}  # pair -> its last result that was not None
+        self.next_seq = 0  # the next pair's ``seq`` (its place in the monitor's pair table)
+
+    def note(self, pair: tuple[int, int], bucket: int) -> None:
+        """A triple of ``pair`` in ``bucket``."""
+        row = self.buckets.get(bucket)
+        if row is None:
+            row = self.buckets[bucket] = set()
+        row.add(pair)
+        self.touched.add(pair)
+
+    def due(self, ranges: tuple[tuple[int, int], tuple[int, int]], prune_lo: int) -> set[tuple[int, int]] | None:
+        """The pairs to move to ``ranges`` (and prune below ``prune_lo``), or None: every pair. A window that
+        slides forward by at most 8 bucket ends in all, still overlapping, is what a pair's running sum
+        follows without summing afresh (:func:`operators.drift_signals._slide`)."""
+        prev = self.ranges
+        if prev is None:
+            return None
+        for (plo, phi), (lo, hi) in zip(prev, ranges, strict=True):
+            if not (plo <= lo < phi <= hi and (lo - plo) + (hi - phi) <= 8):
+                return None
+        due = set(self.touched)
+        buckets = self.buckets
+        for (plo, phi), (lo, hi) in zip(prev, ranges, strict=True):
+            for b in (*range(plo, lo), *range(phi, hi)):
+                row = buckets.get(b)
+                if row:
+                    due |= row
+        for b in [b for b in buckets if b < prune_lo]:
+            due |= buckets.pop(b)
+        return due
+
+    def rebuild(self, pairs: dict[tuple[int, int], TransitionDrift]) -> None:
+        """After moving every pair: the buckets and places from the pairs themselves."""
+        self.buckets = {}
+        for pair, t in pairs.items():
+            for b in t.buckets():
+                row = self.buckets.get(b)
+                if row is None:
+                    row = self.buckets[b] = set()
+                row.add(pair)
+        for i, t in enumerate(pairs.values()):
+            t.seq = i
+        self.next_seq = len(pairs)
+
+
 class DriftMonitor:
     """All four signals for every cluster, evaluated at each ``bucket_ms`` boundary of event time.
 
@@ -315,6 +383,7 @@ class DriftMonitor:
         self._content: dict[int, ContentDrift] = {}
         self._pairs: dict[tuple[int, int], TransitionDrift] = {}
         self._pooled: dict[int, PooledTransitionDrift] = {}  # per second cluster c2: all pairs (c1, c2) together
+        self._schedule = _PairSchedule()  # which pairs an evaluation moves (derived)
         self._volume = VolumeDrift(cfg.bucket_ms, self._keep, cfg.min_total, cfg.min_support["volume"], cfg.z,
                                    cfg.cusum_recent_ms, cfg.cusum_min_effect["volume"])
         self._gates: dict[tuple[int, str], AlertGate] = {}
@@ -331,6 +400,26 @@ class DriftMonitor:
         self._evaluated: int | None = None  # the last bucket boundary evaluated
         self._mark: tuple[int, str] | None = None  # (since_ms, reason)
         self.updates = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (a Bytewax recovery snapshot) as if every pair had been moved at each evaluation: the pairs the
+        last evaluations skipped take their bounds first; the schedule is derived and left out."""
+        self._sync_pairs()
+        return {**self.__dict__, "_schedule": None, "_evidence": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle, also a monitor from before the pair schedule (the next evaluation moves every pair)."""
+        self.__dict__.update(state)
+        self._schedule = _PairSchedule()
+
+    def _sync_pairs(self) -> None:
+        sched = self._schedule
+        if sched is None or sched.ranges is None:
+            return
+        for t in self._pairs.values():
+            if t.seen != sched.evals:
+                t.follow(*sched.ranges)
+                t.seen = sched.evals
 
     # -- inputs ------------------------------------------------------------------------------------------
 
@@ -370,11 +459,18 @@ class DriftMonitor:
 
     def on_triple(self, c1: int, c2: int, c_next: int, ts_ms: int) -> list[Alert]:
         out = self.advance(ts_ms)
+        sched = self._schedule
         t = self._pairs.get((c1, c2))
         if t is None:
             t = self._pairs[(c1, c2)] = TransitionDrift(self.config.bucket_ms, self._keep,
                                                         self.config.min_support["transition"], self.config.z)
+            t.seq, t.seen = sched.next_seq, sched.evals
+            sched.next_seq += 1
+        elif t.seen != sched.evals and sched.ranges is not None:  # skipped by the last evaluations
+            t.follow(*sched.ranges)
+            t.seen = sched.evals
         t.update(c_next, ts_ms)
+        sched.note((c1, c2), ts_ms // self.config.bucket_ms)
         p = self._pooled.get(c2)
         if p is None:
             p = self._pooled[c2] = self._new_pooled()
@@ -477,13 +573,15 @@ class DriftMonitor:
             if not due[key[1]]:
                 results[key] = r
         if due["engagement"]:
+            win = self._window("engagement", now)  # one for all clusters (a frozen dataclass)
             for c, e in self._engagement.items():
-                r = self._combine("engagement", e.evaluate(now, self._window("engagement", now)), e.cusum)
+                r = self._combine("engagement", e.evaluate(now, win), e.cusum)
                 if r is not None:
                     results[(c, "engagement")] = r
         if due["content"]:
+            win = self._window("content", now)
             for c, ct in self._content.items():
-                r = self._combine("content", ct.evaluate(self._window("content", now)), ct.cusum)
+                r = self._combine("content", ct.evaluate(win), ct.cusum)
                 if r is not None:
                     results[(c, "content")] = r
         if due["volume"]:
@@ -503,6 +601,7 @@ class DriftMonitor:
             scores.setdefault(c, {})[kind] = r["score"] / self.config.warning[kind]
         self._scores = scores
         self._last = results
+        self._evidence = None  # _last per cluster, built when status first asks
         out = []
         for key in sorted(set(results) | set(self._gates), key=lambda k: (k[0], KINDS.index(k[1]))):
             c, kind = key
@@ -553,12 +652,15 @@ class DriftMonitor:
         for (c, kind), a in self._open.items():
             if self._gates[(c, kind)].is_open:
                 signatures.setdefault(c, [[]]).append((kind, a.alert_id, a.severity))
+        references = None  # the same for every cluster at ``now``: worked out once, a copy each
         for c in set(signatures) | set(self._signature):
             sig = signatures.get(c)
             if sig is not None:
                 sig = tuple(sorted(sig[1:])), tuple(sig[0])
             if sig != self._signature.get(c):
-                self._changed[c] = (now, {k: self.reference(k, now) for k in KINDS}, dict(sig[1]) if sig else {})
+                if references is None:
+                    references = {k: self.reference(k, now) for k in KINDS}
+                self._changed[c] = (now, {k: dict(v) for k, v in references.items()}, dict(sig[1]) if sig else {})
                 if sig is None:
                     self._signature.pop(c, None)
                 else:
@@ -606,19 +708,49 @@ class DriftMonitor:
         r["tests"] = tests
         return r
 
+    def _score_pairs(self, tw: _Window, frozen: bool) -> dict[int, dict[str, Any]]:
+        """Move every pair's windows to ``tw`` (only those :class:`_PairSchedule` says can have changed), drop the
+        pairs left empty; per second cluster, the result of its highest-scoring pair (the first in the pair
+        table on a tie)."""
+        sched, pairs, bms = self._schedule, self._pairs, self.config.bucket_ms
+        ranges = (_bucket_range(tw.reference, bms), _bucket_range(tw.current, bms))
+        due = None if frozen else sched.due(ranges, (tw.now_ms - self._keep) // bms)
+        last, sched.evals = sched.ranges, sched.evals + 1
+        results = sched.results
+        if due is None:
+            results.clear()
+        for pair in (list(pairs) if due is None else due):
+            t = pairs.get(pair)
+            if t is None:
+                continue
+            if last is not None and t.seen != sched.evals - 1:  # skipped since: take the last bounds first
+                t.follow(*last)
+            r = t.evaluate(tw)
+            t.seen = sched.evals
+            if t.empty and not frozen:
+                del pairs[pair]
+                r = None
+            if r is not None:
+                results[pair] = r
+            else:
+                results.pop(pair, None)
+        sched.touched.clear()
+        sched.ranges = None if frozen else ranges
+        if due is None:
+            sched.rebuild(pairs)
+        best: dict[int, dict[str, Any]] = {}
+        for pair in sorted(results, key=lambda p: pairs[p].seq):
+            r = results[pair]
+            if pair[1] not in best or r["score"] > best[pair[1]]["score"]:
+                best[pair[1]] = {**r, "pair": list(pair), "top_before": [list(x) for x in r["top_before"]],
+                                 "top_after": [list(x) for x in r["top_after"]]}
+        return best
+
     def _evaluate_transitions(self, now: int) -> dict[tuple[int, str], dict[str, Any]]:
         """Both transition tests per cluster: the pair JSD (its busiest-scoring pair) and the pooled CUSUM."""
         tw = self._window("transition", now)
         frozen = self._frozen(now) is not None
-        best: dict[int, dict[str, Any]] = {}
-        for pair in list(self._pairs):
-            t = self._pairs[pair]
-            r = t.evaluate(tw)
-            if t.empty and not frozen:
-                del self._pairs[pair]
-                continue
-            if r is not None and (pair[1] not in best or r["score"] > best[pair[1]]["score"]):
-                best[pair[1]] = {**r, "pair": list(pair)}
+        best = self._score_pairs(tw, frozen)
         staged = {}
         for c in list(self._pooled):
             p = self._pooled[c]
@@ -632,7 +764,7 @@ class DriftMonitor:
             total_e.update(e)
         per_triple = {}
         for c, (o, e) in staged.items():  # each cluster against how successors moved in the others
-            x = self._pooled[c].prepare((total_o - o, {s: v - e.get(s, 0.0) for s, v in total_e.items()}))
+            x = self._pooled[c].prepare(OtherClusters(total_o, total_e, o, e))
             if x is not None:
                 per_triple[c] = x
         # A change most clusters share is no one cluster's transition drift: each cluster's ratio is taken
@@ -688,7 +820,7 @@ class DriftMonitor:
         changed = self._changed.get(cluster)
         return {
             "cluster": cluster, "ts_ms": self._evaluated, "scores": dict(self._scores.get(cluster, {})),
-            "evidence": {k: v for (c, k), v in self._last.items() if c == cluster},
+            "evidence": dict(self._evidence_of().get(cluster, {})),
             "alerts": open_alerts,  # the open alerts (latest severity of each), as Alert.to_dict()
             "reference": {k: self.reference(k) for k in KINDS},
             # as of the boundary where scores or alerts last changed (what the dataflow publishes)
@@ -696,6 +828,19 @@ class DriftMonitor:
             "reference_at_change": changed[1] if changed is not None else None,
             "scores_at_change": changed[2] if changed is not None else None,  # rounded to 3 places
         }
+
+    def _evidence_of(self) -> dict[int, dict[str, Any]]:
+        """The last results per cluster (kind -> result, in the order of ``_last``): the dataflow asks the status
+        of every changed cluster after an evaluation, and a scan of every result per cluster was quadratic."""
+        ev = self.__dict__.get("_evidence")
+        if ev is None:
+            ev = self._evidence = {}
+            for (c, k), v in self._last.items():
+                row = ev.get(c)
+                if row is None:
+                    row = ev[c] = {}
+                row[k] = v
+        return ev
 
     # -- recovery ------------------------------------------------------------------------------------------
 

@@ -45,12 +45,47 @@ from typing import Any
 from operators.drift_cusum import Cusum
 from operators.drift_signals import HOUR_MS, _bucket_range, _Buckets, _check_positive, _Running, _Window
 
-__all__ = ["PooledTransitionDrift"]
+__all__ = ["OtherClusters", "PooledTransitionDrift"]
 
 
 def _norm(d: dict[Any, float]) -> dict[Any, float]:
     z = sum(d.values())
     return {s: v / z for s, v in d.items()} if z > 0 else {s: 1 / len(d) for s in d}
+
+
+class OtherClusters:
+    """The successors of the *other* clusters, as :meth:`PooledTransitionDrift.prepare` reads them: the totals over
+    all clusters less one cluster's own, worked out for the few successors asked about instead of two dicts over
+    every successor per cluster (what made the monitor's evaluation quadratic in clusters). ``observed`` and
+    ``expected`` answer ``get`` as ``Counter(total_o) - own_o`` (only positive counts) and
+    ``{s: total_e[s] - own_e.get(s, 0.0) for s in total_e}`` would."""
+
+    __slots__ = ("observed", "expected")
+
+    def __init__(self, total_o: Mapping[Any, int], total_e: Mapping[Any, float], own_o: Mapping[Any, int],
+                 own_e: Mapping[Any, float]) -> None:
+        self.observed, self.expected = _Less(total_o, own_o, True), _Less(total_e, own_e, False)
+
+    def __iter__(self) -> Any:  # unpacks as (observed, expected), like the tuple it stands for
+        return iter((self.observed, self.expected))
+
+
+class _Less:
+    """``total - own`` per key, on demand (see :class:`OtherClusters`)."""
+
+    __slots__ = ("own", "positive", "total")
+
+    def __init__(self, total: Mapping[Any, float], own: Mapping[Any, float], positive: bool) -> None:
+        self.total, self.own, self.positive = total, own, positive
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        t = self.total.get(key)
+        if t is None:
+            return default
+        if self.positive:
+            v = t - self.own.get(key, 0)
+            return v if v > 0 else default
+        return t - self.own.get(key, 0.0)
 
 
 class PooledTransitionDrift:
@@ -126,23 +161,36 @@ class PooledTransitionDrift:
         new = self._new.move(data, *_bucket_range((last, win.now_ms), bms))
         self._last_ms = win.now_ms
         self._buckets.prune(win.now_ms)
-        by_ref: dict[Any, Counter] = {}
-        by_recent: dict[Any, Counter] = {}
+        per_pair: dict[Any, int] = {}
+        for (c1, _), n in ref.items():
+            per_pair[c1] = per_pair.get(c1, 0) + n
+        # Only pairs with a reference can change: a pair new to the cluster is no drift of the ones before it.
+        pairs = sorted((c1 for c1, n in per_pair.items() if n >= self.min_pair), key=repr)
+        if not pairs:
+            # Nothing to score (prepare) and nothing observed or expected to tell the other clusters (an expected
+            # count of 0.0 per successor adds nothing to theirs): the rest is skipped, most clusters at large K.
+            self._staged = {"n_ref": sum(per_pair.values()), "new": new, "qref": {}}
+            return Counter(), {}
+        # Counts of successors: over all pairs (pooled, recent_all), and per pair for the pairs scored (plain dicts,
+        # read with get: this runs per cluster at every evaluation).
+        pooled, recent_all = Counter(), Counter()
+        by_ref: dict[Any, dict[Any, int]] = {c1: {} for c1 in pairs}
+        by_recent: dict[Any, dict[Any, int]] = {}
         for (c1, s), n in ref.items():
-            by_ref.setdefault(c1, Counter())[s] += n
+            pooled[s] += n
+            rp = by_ref.get(c1)
+            if rp is not None:
+                rp[s] = rp.get(s, 0) + n
         for (c1, s), n in recent.items():
-            by_recent.setdefault(c1, Counter())[s] += n
-        pooled = Counter()
-        for rp in by_ref.values():
-            pooled.update(rp)
+            recent_all[s] += n
+            if c1 in by_ref:
+                ap = by_recent.get(c1)
+                if ap is None:
+                    ap = by_recent[c1] = {}
+                ap[s] = ap.get(s, 0) + n
         universe = sorted(set(pooled) | {s for _, s in recent} | {s for _, s in new}, key=repr)
         g = _norm({s: pooled[s] + 0.5 for s in universe})
-        recent_all = Counter()
-        for ap in by_recent.values():
-            recent_all.update(ap)
-        # Only pairs with a reference can change: a pair new to the cluster is no drift of the ones before it.
-        pairs = sorted((c1 for c1, rp in by_ref.items() if sum(rp.values()) >= self.min_pair), key=repr)
-        qref = {c1: _norm({s: by_ref[c1][s] + self.alpha * g[s] for s in universe}) for c1 in pairs}
+        qref = {c1: _norm({s: by_ref[c1].get(s, 0) + self.alpha * g[s] for s in universe}) for c1 in pairs}
         observed, expected = Counter(), dict.fromkeys(universe, 0.0)
         for c1 in pairs:
             ap = by_recent.get(c1)
@@ -163,11 +211,13 @@ class PooledTransitionDrift:
                         "universe": universe, "qref": qref, "observed": observed, "expected": expected}
         return moved_o, moved_e
 
-    def prepare(self, others: tuple[Mapping[Any, float], Mapping[Any, float]] | None = None) -> float | None:
+    def prepare(self, others: tuple[Mapping[Any, float], Mapping[Any, float]] | OtherClusters | None = None
+                ) -> float | None:
         """The log-likelihood ratio of the new triples (not yet in the CUSUM), per triple; None without new
         triples or reference. Successors that moved by more than ``moved`` times in the *other* clusters
-        (``others``: their observed and expected recent counts, e.g. a cluster that just started trending
-        everywhere, or one whose positive rate fell) are left out: the test is conditional on the rest."""
+        (``others``: their observed and expected recent counts, read with ``get`` only; e.g. a cluster that just
+        started trending everywhere, or one whose positive rate fell) are left out: the test is conditional on the
+        rest."""
         st = self._staged
         self._pending = (st["n_ref"], 0.0, 0, Counter())
         if st["n_ref"] < self.min_support or not st["new"] or not st["qref"]:
@@ -191,16 +241,16 @@ class PooledTransitionDrift:
         inc, n_new = 0.0, 0
         contrib: Counter = Counter()
         for c1 in sorted({c1 for c1, s in st["new"] if c1 in qref and s in kept}, key=repr):
-            rp, ap = by_ref[c1], by_recent.get(c1, Counter())
+            rp, ap = by_ref[c1], by_recent.get(c1, {})
             # null: no change (the pair's reference and recent triples); alternative: the recent ones, over a
             # prior of the reference tilted the way the cluster's pairs moved together
-            q = _norm({s: rp[s] + ap[s] + self.alpha * g_all[s] for s in keep})
+            q = _norm({s: rp.get(s, 0) + ap.get(s, 0) + self.alpha * g_all[s] for s in keep})
             base = _norm({s: qref[c1][s] * rho[s] for s in keep})
-            na = sum(ap[s] for s in keep)
+            na = sum(ap.get(s, 0) for s in keep)
             for (p, s), n in st["new"].items():
                 if p != c1 or s not in kept:
                     continue
-                llr = n * math.log((ap[s] + self.beta * base[s]) / (na + self.beta) / q[s])
+                llr = n * math.log((ap.get(s, 0) + self.beta * base[s]) / (na + self.beta) / q[s])
                 inc += llr
                 contrib[c1] += llr
                 n_new += n
@@ -214,6 +264,7 @@ class PooledTransitionDrift:
         ``min_support`` reference triples)."""
         n_ref, inc, n_new, contrib = self._pending
         self._pending = (n_ref, 0.0, 0, Counter())
+        self._staged = {"n_ref": 0, "new": Counter(), "qref": {}}  # scratch of this evaluation: not kept, not pickled
         if n_ref < self.min_support:
             return None
         if n_new:

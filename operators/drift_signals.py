@@ -521,6 +521,21 @@ class TransitionDrift(_CounterWindows):
                 "jaccard_distance": jaccard_distance(t0, t1), "n_before": int(n0), "n_after": int(n1),
                 "top_before": [[c, int(ref[c])] for c in t0], "top_after": [[c, int(cur[c])] for c in t1]}
 
+    # Position in the monitor's pair table (:class:`operators.drift.DriftMonitor` ranks pairs by it) and the
+    # monitor's transition evaluation this pair's windows were last moved to; class defaults for pickles of old.
+    seq = 0
+    seen = -1
+
+    def follow(self, reference: tuple[int, int], current: tuple[int, int]) -> None:
+        """The windows moved to these bucket ranges while no bucket of this pair was at their edges: what
+        :meth:`_Running.move` would do then is only to take the new bounds (the sums stay as they are)."""
+        self._ref.lo, self._ref.hi = reference
+        self._cur.lo, self._cur.hi = current
+
+    def buckets(self) -> list[int]:
+        """The buckets that hold triples."""
+        return list(self._buckets.data)
+
     @property
     def empty(self) -> bool:
         return not self._buckets.data
