@@ -157,29 +157,39 @@ class AdaptiveSuccessorTable:
                 src = self._sources[c2] = DecayedCounter(self.score_half_life_ms)
                 self._source_counts[c2] = [DecayedCounter(h) for h in self.half_lives_ms]
             src_counts = self._source_counts[c2]
-            prior, gs, brier = self.prior, self._glob_scores, self.score == "brier"
-            for i, (n, g) in enumerate(zip(counters, src_counts, strict=True)):
-                g_den = g.total(ts_ms) - g.value(c1, ts_ms) + _FLOOR * (len(g) + 1)  # c2 never follows (x, c2)
-                den = n.total(ts_ms) + prior
-                p = (n.value(c, ts_ms) + prior * ((g.value(c, ts_ms) + _FLOOR) / g_den)) / den
-                if brier:
-                    sq = sum(((v + prior * (g.value(x, ts_ms) + _FLOOR) / g_den) / den) ** 2
-                             for x, v in n.items(ts_ms))
-                    lp = 2.0 * p - sq
-                else:
-                    lp = math.log(p)
-                scores.update(i, ts_ms, lp)
-                src.update(i, ts_ms, lp)
-                gs.update(i, ts_ms, lp)
-            scores.update(_N, ts_ms)
-            src.update(_N, ts_ms)
-            gs.update(_N, ts_ms)
+            lps = self._component_scores(counters, src_counts, c1, c, ts_ms)
+            lps.append((_N, 1.0))
+            scores.update_each(lps, ts_ms)
+            src.update_each(lps, ts_ms)
+            self._glob_scores.update_each(lps, ts_ms)
             for g in src_counts:
                 g.update(c, ts_ms)
         for n, g in zip(counters, self._glob, strict=True):
             n.update(c, ts_ms)
             g.update(c, ts_ms)
         return self
+
+    def _component_scores(self, counters: list[DecayedCounter], src_counts: list[DecayedCounter], c1: Hashable,
+                          c: Hashable, ts_ms: int) -> list[tuple[int, float]]:
+        """Each component's score on successor ``c`` of a pair leaving ``c1``: (component index, score). The
+        counters are read at ``ts_ms`` through their stored values and one scale each (this runs for every
+        triple, twice in the job: the successor step and the cadence controller); the arithmetic is the formula
+        of the module docstring, term by term."""
+        prior, brier, floor = self.prior, self.score == "brier", _FLOOR
+        out = []
+        for i, (n, g) in enumerate(zip(counters, src_counts, strict=True)):
+            sn, sg = n._scale(ts_ms), g._scale(ts_ms)
+            nv, gv = n._values, g._values
+            g_den = g._total * sg - gv.get(c1, 0.0) * sg + floor * (len(gv) + 1)  # c2 never follows (x, c2)
+            den = n._total * sn + prior
+            p = (nv.get(c, 0.0) * sn + prior * ((gv.get(c, 0.0) * sg + floor) / g_den)) / den
+            if brier:
+                sq = sum(((v * sn + prior * (gv.get(x, 0.0) * sg + floor) / g_den) / den) ** 2
+                         for x, v in nv.items())
+                out.append((i, 2.0 * p - sq))
+            else:
+                out.append((i, math.log(p)))
+        return out
 
     # ------------------------------------------------------------------------------------------------- reads
 

@@ -221,9 +221,9 @@ class CadenceController:
     >>> [(e.event_id, e.pairs[0]["pair"], e.pairs[0]["top_before"], e.pairs[0]["top_after"]) for e in events]
     [('rag_refresh-7200000', [1, 2], [3], [5, 3])]
     >>> events[0].reason  # change: total variation ~0.50 less ~0.04 of sampling noise (row from ~60 triples)
-    'refresh 1 stale pair: expected loss 1.39 >= refresh cost 1; largest (1, 2): change 0.46 over 60 events'
+    'refresh 1 stale pair: expected loss 1.40 >= refresh cost 1; largest (1, 2): change 0.47 over 60 events'
     >>> ctl.status()["refreshes"], round(ctl.debt, 2)
-    (1, 1.39)
+    (1, 1.4)
     """
 
     def __init__(self, config: CadenceConfig | None = None) -> None:

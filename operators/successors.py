@@ -23,7 +23,7 @@ for a pair with too little support.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -110,6 +110,19 @@ class DecayedCounter:
         values = self._values
         values[key] = values.get(key, 0.0) + w
         self._total += w
+        return self
+
+    def update_each(self, weights: Sequence[tuple[Hashable, float]], ts_ms: int) -> DecayedCounter:
+        """``update(key, ts_ms, weight)`` for each (key, weight) in turn, at one time (one clock check)."""
+        self.update(weights[0][0], ts_ms, weights[0][1])
+        f = 2.0 ** ((ts_ms - self._ref) * self._inv_half_life)  # type: ignore[operator]
+        values = self._values
+        total = self._total
+        for key, weight in weights[1:]:
+            w = weight * f
+            values[key] = values.get(key, 0.0) + w
+            total += w
+        self._total = total
         return self
 
     def copy(self) -> DecayedCounter:

@@ -350,3 +350,16 @@ def test_trend_finds_the_planted_transition_drift(workload):
     assert succ[0].cluster == new_top and succ[0].trend > 0.2  # seed 7: 8, +0.374
     old_top = {s.cluster: s for s in table.top(pair, 16, now)[0]}[drift["before"]["top_successor"]]
     assert old_top.trend < -0.2  # seed 7: -0.316
+
+
+def test_update_each_is_the_updates_in_turn():
+    """Exactly (==): the adaptive table's scoring relies on it giving what one update per key gives."""
+    from operators.successors import DecayedCounter
+
+    a, b = DecayedCounter(3_600_000), DecayedCounter(3_600_000)
+    steps = ((5, [("x", 0.3), ("y", -1.25), ("x", 2.0)]), (10**12, [("z", 1.0)]), (7, [("y", 0.1), ("n", 1.0)]))
+    for ts, keys in steps:  # in order, a jump far ahead (the counter rebases), a late one
+        a.update_each(keys, ts)
+        for k, w in keys:
+            b.update(k, ts, w)
+        assert a.snapshot() == b.snapshot()
