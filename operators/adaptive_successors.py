@@ -184,8 +184,11 @@ class AdaptiveSuccessorTable:
             den = n._total * sn + prior
             p = (nv.get(c, 0.0) * sn + prior * ((gv.get(c, 0.0) * sg + floor) / g_den)) / den
             if brier:
-                sq = sum(((v * sn + prior * (gv.get(x, 0.0) * sg + floor) / g_den) / den) ** 2
-                         for x, v in nv.items())
+                sq = 0.0  # (a loop: a generator's frame per successor cost more than the sum itself)
+                get = gv.get
+                for x, v in nv.items():
+                    q = (v * sn + prior * (get(x, 0.0) * sg + floor) / g_den) / den
+                    sq += q * q
                 out.append((i, 2.0 * p - sq))
             else:
                 out.append((i, math.log(p)))
