@@ -148,7 +148,7 @@ def build_flow(
     write("write_events", clustered, events_sink)
     if not later:
         return flow
-    triples = mine_triples(clustered, counts)
+    triples = mine_triples(clustered, counts, clustering.shards)
     drift_status = scored = None
     if drift_monitor is not None:
         alerts, drift_status, cadence_events, scored = drift_alerts_and_status(

@@ -168,59 +168,6 @@ def guard_keyed(step: str, fn: Callable[[Any, Any], tuple[Any, list]], errors: P
     return guarded
 
 
-class KeyedFold(StatefulBatchLogic):
-    """A per-key step ``fn(state, value) -> (state, out)`` (as ``op.stateful_flat_map`` runs it, never changing
-    ``state`` in place) applied to the key's whole batch in one call: Bytewax calls ``on_batch`` once per key and
-    batch, where ``stateful_flat_map`` adds three Python calls per value around ``fn``. ``fold(state, values) ->
-    (state, out)``, when given, does the batch at once (it may copy the state once and change the copy); on any
-    failure the batch is applied again value by value from the state before it, as :func:`guard_keyed` does:
-    each failing value dead-lettered, the key keeping the state it had. State, snapshots (a deep copy) and the
-    end of a key (state None) are those of ``stateful_flat_map``, so its recovery snapshots resume here."""
-
-    def __init__(self, step: str, fn: Callable[[Any, Any], tuple[Any, list]], resume: Any,
-                 fold: Callable[[Any, list], tuple[Any, list]] | None = None,
-                 errors: ProcessingErrors = ERRORS) -> None:
-        self._step, self._fn, self._fold, self._errors = step, fn, fold, errors
-        self.state = resume
-
-    def on_batch(self, values: list) -> tuple[list, bool]:
-        state = self.state
-        try:
-            if self._fold is not None:
-                state, out = self._fold(state, values)
-            else:
-                fn, out = self._fn, []
-                for v in values:
-                    state, o = fn(state, v)
-                    if o:
-                        out += o
-        except ErrorBudgetExceeded:
-            raise
-        except Exception:  # noqa: BLE001 - isolate the failing values below
-            state, out = self._one_by_one(values)
-        self.state = state
-        return out, state is None
-
-    def _one_by_one(self, values: list) -> tuple[Any, list]:
-        state, out = self.state, []
-        for v in values:
-            try:
-                state, o = self._fn(state, v)
-            except ErrorBudgetExceeded:
-                raise
-            except Exception as e:  # noqa: BLE001
-                self._errors.report(self._step, v, e)
-                continue
-            out += o
-        return state, out
-
-    def snapshot(self) -> Any:
-        # No copy: neither fn nor fold changes a state in place (fold changes only its own copy), so the object
-        # handed to Bytewax is never touched again. stateful_flat_map deep-copies because its mappers may; here
-        # the copy was ~8% of the file path's run time (every changed pair and user at every epoch).
-        return self.state
-
-
 class GuardedLogic(StatefulBatchLogic):
     """Wraps a Bytewax ``StatefulBatchLogic`` built by ``build(resume_state)``: a batch that raises is applied
     again record by record from the last snapshot and the values applied since (the redo log), each failing

@@ -1,12 +1,16 @@
 """Dataflow steps from clustered engagements to per-pair successor state (the brief's transition rule).
 
     ClusteredEngagement (positive only)
-      -> key_by_user -> track_user_clusters                        TransitionTracker per user     Triple
+      -> key_positive_by_user_shard -> track_user_shards           (h1, h2, last ts) per user     Triple
       -> key_by_source -> count_successors_by_source               LiveSuccessors per c2          PairState
 
 Successor estimates are kept per source cluster c2 (every pair (c1, c2) of it on one key): each pair's time scale
 is chosen from its own predictive record backed off to its source cluster's (operators/adaptive_successors.py),
 so a source cluster's pairs need nothing from any other and the clusters spread over all workers.
+
+Users are kept per user shard (the item join's shards, :func:`streams.content_stage.user_shard`), one dict of
+plain tuples per shard, not one Bytewax key per user: a key costs the runtime a logic object and a call per batch,
+which at 10^6 users was most of the step's time and ~0.4 KB of memory per user.
 
 Each PairState is the full current state of its pair (never an increment), so writing it downstream is an
 idempotent upsert: replaying it, or reading only the latest per pair, gives the same answer. One goes out per
@@ -17,17 +21,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Stream, operator
-from bytewax.operators import KeyedStream, StatefulBatchLogic
+from bytewax.dataflow import Stream
+from bytewax.operators import StatefulBatchLogic
 from prometheus_client import Counter
 
 from operators.adaptive_successors import DEFAULT_HALF_LIVES_MS, LiveSnapshot, LiveSuccessors, half_life_label
 from operators.successors import Successor, rank_successors
-from streams.content_stage import ClusteredEngagement, unkey
-from streams.errors import GuardedLogic, KeyedFold
+from streams.content_stage import ClusteredEngagement, unkey, user_shard
+from streams.errors import ERRORS, ErrorBudgetExceeded, GuardedLogic, ProcessingErrors
 from streams.metrics import NO_COUNTS, StepCounts
 
 LATE_ENGAGEMENTS = Counter("driftrag_transitions_late_total",
@@ -142,20 +145,6 @@ class CountSuccessors(StatefulBatchLogic):
         return self.state.snapshot()
 
 
-@operator
-def _stateful(step_id: str, up: KeyedStream[Any], builder: Callable[[Any], StatefulBatchLogic]
-              ) -> KeyedStream[Any]:
-    return op.stateful_batch("stateful_batch", up, builder)
-
-
-@operator
-def keyed_fold(step_id: str, up: KeyedStream[Any], builder: Callable[[Any], StatefulBatchLogic]
-               ) -> KeyedStream[Any]:
-    """``op.stateful_batch`` under the step id ``op.stateful_flat_map`` gives its core step (``{step_id}.stateful.
-    stateful_batch``): recovery snapshots written by the earlier per-value steps resume into the batch ones."""
-    return _stateful("stateful", up, builder)
-
-
 def _ts(ce: ClusteredEngagement) -> int:
     return ce.engagement.ts_ms
 
@@ -164,18 +153,64 @@ def _triple_ts(t: Triple) -> int:
     return t.ts_ms
 
 
-def key_positive_by_user(batch: list[ClusteredEngagement]) -> list[tuple[str, ClusteredEngagement]]:
-    """Positive engagements keyed by user, in event-time order within the batch. The item join before this step
-    emits a batch grouped by item, so two engagements of one user can arrive swapped; the rule must see each user's
-    engagements in the order they happened (else the older one is 'late' and a transition is lost or invented),
-    and the result must not depend on where batches happen to split.
+def key_positive_by_user_shard(shards: int) -> Callable[[list[ClusteredEngagement]],
+                                                       list[tuple[str, ClusteredEngagement]]]:
+    """Positive engagements keyed by their user's shard (:func:`streams.content_stage.user_shard`), in event-time
+    order within the batch. The item join before this step emits a batch grouped by item, so two engagements of one
+    user can arrive swapped; the rule must see each user's engagements in the order they happened (else the older
+    one is 'late' and a transition is lost or invented), and the result must not depend on where batches split.
 
     >>> from streams.contract import Engagement
-    >>> e = lambda ts, item: ClusteredEngagement(Engagement("u", item, "like", ts, True), 0)
-    >>> [ce.engagement.ts_ms for _, ce in key_positive_by_user([e(2, "b"), e(1, "a")])]
-    [1, 2]
+    >>> e = lambda u, ts: ClusteredEngagement(Engagement(u, "i", "like", ts, True), 0)
+    >>> [(k, ce.engagement.ts_ms) for k, ce in key_positive_by_user_shard(1)([e("u", 2), e("v", 1)])]
+    [('0', 1), ('0', 2)]
+    >>> {k for k, _ in key_positive_by_user_shard(4)([e("u", 1)])} == {user_shard("u", 4)}
+    True
     """
-    return [(ce.engagement.user_id, ce) for ce in sorted(batch, key=_ts) if ce.engagement.positive]
+    if shards == 1:
+        return lambda batch: [("0", ce) for ce in sorted(batch, key=_ts) if ce.engagement.positive]
+    return lambda batch: [(user_shard(ce.engagement.user_id, shards), ce) for ce in sorted(batch, key=_ts)
+                          if ce.engagement.positive]
+
+
+class UserShardTransitions(StatefulBatchLogic):
+    """The transition rule for every user of one shard: user -> (h1, h2, event time of the last engagement
+    applied), the state :func:`track_user_clusters` keeps, in one dict. A batch is one call; each engagement is
+    applied by :func:`track_user_clusters` (looked up per batch, so a test can replace it), and one that raises
+    is dead-lettered under the step ``track_user_clusters`` with its user keeping the state it had. The snapshot
+    is a shallow copy (the values are immutable tuples).
+
+    >>> from streams.contract import Engagement
+    >>> shard = UserShardTransitions(None)
+    >>> e = lambda u, c, ts: ClusteredEngagement(Engagement(u, "i", "like", ts, True), c)
+    >>> out, _ = shard.on_batch([e("a", 1, 1), e("b", 5, 1), e("a", 2, 2), e("a", 3, 3), e("b", 6, 2)])
+    >>> [(t.c1, t.c2, t.c_next, t.user_id) for t in out], shard.snapshot()
+    ([(1, 2, 3, 'a')], {'a': (2, 3, 3), 'b': (5, 6, 2)})
+    """
+
+    def __init__(self, resume: dict[str, tuple] | None, errors: ProcessingErrors = ERRORS) -> None:
+        self.users: dict[str, tuple] = dict(resume) if resume else {}
+        self._errors = errors
+
+    def on_batch(self, values: list[ClusteredEngagement]) -> tuple[list[Triple], bool]:
+        users, rule, out = self.users, track_user_clusters, []
+        get = users.get
+        for ce in values:
+            user = ce.engagement.user_id
+            try:
+                state, triples = rule(get(user), ce)
+            except ErrorBudgetExceeded:
+                raise
+            except Exception as e:  # noqa: BLE001 - this record alone is dead-lettered
+                self._errors.report("track_user_clusters", ce, e)
+                continue
+            users[user] = state
+            if triples:
+                out += triples
+        return out, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> dict[str, tuple]:
+        return dict(self.users)
 
 
 def key_by_source(batch: list[Triple]) -> list[tuple[str, Triple]]:
@@ -188,12 +223,14 @@ def key_scored_by_source(batch: list[ScoredTriple]) -> list[tuple[str, ScoredTri
     return [(str(t.c2), t) for t in batch]
 
 
-def mine_triples(clustered: Stream[ClusteredEngagement], counts: StepCounts = NO_COUNTS) -> Stream[Triple]:
-    """Wire the transition rule onto clustered engagements; its triples are counted in ``counts`` as ``triples``."""
-    by_user = op.flat_map_batch("key_positive_by_user", clustered, key_positive_by_user)
-    return op.flat_map_batch("unkey_triples", keyed_fold(
-        "track_user_clusters", by_user, lambda resume: KeyedFold("track_user_clusters", track_user_clusters, resume)),
-        counts.counting("triples", unkey))
+def mine_triples(clustered: Stream[ClusteredEngagement], counts: StepCounts = NO_COUNTS, shards: int = 1
+                 ) -> Stream[Triple]:
+    """Wire the transition rule onto clustered engagements, users kept per shard (``shards``: the item join's, one
+    per worker); its triples are counted in ``counts`` as ``triples``."""
+    by_shard = op.flat_map_batch("key_positive_by_user_shard", clustered, key_positive_by_user_shard(shards))
+    # (a new step id: the per-user keys of earlier versions' step "track_user_clusters" are not resumed)
+    return op.flat_map_batch("unkey_triples", op.stateful_batch(
+        "track_user_shards", by_shard, UserShardTransitions), counts.counting("triples", unkey))
 
 
 def count_successors(triples: Stream[Triple], scored: Stream[ScoredTriple] | None = None, *,
@@ -220,11 +257,11 @@ def count_successors(triples: Stream[Triple], scored: Stream[ScoredTriple] | Non
     return op.flat_map_batch("unkey_pair_states", states, counts.counting("pair_states", unkey))
 
 
-def mine_successors(clustered: Stream[ClusteredEngagement], *,
+def mine_successors(clustered: Stream[ClusteredEngagement], *, shards: int = 1,
                     half_lives_ms: Sequence[float] = DEFAULT_HALF_LIVES_MS, trend_window_ms: int = 86_400_000,
                     counts: StepCounts = NO_COUNTS) -> tuple[Stream[Triple], Stream[PairState]]:
     """The transition rule and the successor estimates (each triple scored on arrival); returns (triples, pair
     states)."""
-    triples = mine_triples(clustered, counts)
+    triples = mine_triples(clustered, counts, shards)
     return triples, count_successors(triples, half_lives_ms=half_lives_ms, trend_window_ms=trend_window_ms,
                                      counts=counts)

@@ -10,7 +10,8 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from streams.content_stage import ClusteredEngagement
 from streams.contract import Engagement, RawMessage, Validator
 from streams.generator import GeneratorConfig, WorkloadGenerator
-from streams.transitions_stage import PairState, Triple, mine_successors, track_user_clusters
+from operators.transitions import mine_triples
+from streams.transitions_stage import PairState, Triple, UserShardTransitions, mine_successors, track_user_clusters
 
 DAY = 86_400_000
 
@@ -19,10 +20,11 @@ def ce(user: str, cluster: int, ts: int, positive: bool = True) -> ClusteredEnga
     return ClusteredEngagement(Engagement(user, f"i{cluster}", "like" if positive else "skip", ts, positive), cluster)
 
 
-def run(events: list[ClusteredEngagement], half_lives_ms: tuple[float, ...] = (DAY,)
-        ) -> tuple[list[Triple], list[PairState]]:
+def run(events: list[ClusteredEngagement], half_lives_ms: tuple[float, ...] = (DAY,), shards: int = 1,
+        batch_size: int = 1) -> tuple[list[Triple], list[PairState]]:
     flow = Dataflow("transitions_test")
-    triples, states = mine_successors(op.input("in", flow, TestingSource(events)), half_lives_ms=half_lives_ms)
+    triples, states = mine_successors(op.input("in", flow, TestingSource(events, batch_size)), shards=shards,
+                                      half_lives_ms=half_lives_ms)
     got_t, got_s = [], []
     op.output("t", triples, TestingSink(got_t))
     op.output("s", states, TestingSink(got_s))
@@ -137,3 +139,37 @@ def test_scored_triples_are_not_counted_again():
     assert [s.observed for s in out] == [3]
     out, _ = logic.on_batch([ScoredTriple(x.c1, x.c2, x.c_next, x.ts_ms, x.user_id) for x in t])
     assert [s.observed for s in out] == [0] and out[0].support == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("shards,batch_size", [(1, 1), (1, 64), (3, 64), (7, 500)])
+def test_user_shards_mine_each_users_triples_as_the_rule_does_alone(shards, batch_size):
+    """Users kept per shard (one dict per shard) give every user exactly the triples of the paper's rule over that
+    user's positive sequence, whatever the shard count and batch size; ids collide across users on purpose (the
+    same clusters, the same timestamps)."""
+    import random
+
+    rng = random.Random(shards * 1000 + batch_size)
+    users = [f"u{i}" for i in range(40)]
+    events, seqs = [], {u: [] for u in users}
+    for ts in range(2_000):
+        u, c, pos = rng.choice(users), rng.randrange(5), rng.random() < 0.8
+        events.append(ce(u, c, ts // 3, pos))  # three engagements share each timestamp
+    for e in sorted(events, key=lambda x: x.engagement.ts_ms):  # the step's own order: event time, stable
+        if e.engagement.positive:
+            seqs[e.engagement.user_id].append(e.cluster)
+    triples, _ = run(events, shards=shards, batch_size=batch_size)
+    got = {u: [(t.c1, t.c2, t.c_next) for t in triples if t.user_id == u] for u in users}
+    assert got == {u: mine_triples(seqs[u]) for u in users}
+    assert len(triples) == sum(len(mine_triples(s)) for s in seqs.values()) > 100
+
+
+def test_a_user_shard_keeps_one_plain_tuple_per_user_and_resumes_from_its_snapshot():
+    shard = UserShardTransitions(None)
+    out, _ = shard.on_batch([ce("a", 1, 1), ce("b", 4, 1), ce("a", 2, 2)])
+    snap = shard.snapshot()
+    assert out == [] and snap == {"a": (1, 2, 2), "b": (None, 4, 1)}
+    shard.on_batch([ce("b", 5, 3)])
+    assert snap == {"a": (1, 2, 2), "b": (None, 4, 1)}  # a snapshot handed out is not changed afterwards
+    again = UserShardTransitions(snap)
+    out, _ = again.on_batch([ce("a", 3, 5)])
+    assert [(t.c1, t.c2, t.c_next, t.user_id, t.ts_ms) for t in out] == [(1, 2, 3, "a", 5)]
