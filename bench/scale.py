@@ -1,7 +1,7 @@
 """Scale benchmark (issue 16, item 3): the job at K = 16, 256, 2,048 interest clusters and the live index at 10^5
 (and, with a flag, 10^6) items. Prints one JSON object on stdout; progress goes to stderr as ``[bench] ...`` lines.
 
-    python bench/scale.py                                    # K 16,256,2048 + index 1e5: budget ~8 min, 2 cores
+    python bench/scale.py                                    # K 16,256,2048, index 1e5, users 1e5,1e6: ~10 min
     python bench/scale.py --index-sizes 100000,1000000       # also 10^6 items (~+4 min, ~5 GB RAM)
     python bench/scale.py --events 300000 --items-per-topic 600 --users 100000 --ks 16,256,2048,4096
 
@@ -40,8 +40,13 @@ figures 10^6 / 10^5 where both ran. ``cliffs`` names every ratio past its line: 
 below 0.5x, context p99 above 2x, RSS per live pair above 2x; from one index size to the next, upserts/s below
 0.5x, exact p99 or snapshot seconds above 1.5x the size ratio, approximate or context p99 above the size ratio.
 
-Budget: the default (K 16/256/2048 at 100,000 events, index 10^5) is sized for ~8 minutes on 2 cores; 10^6
-items is ``--index-sizes 100000,1000000`` (``not_run`` says so when absent).
+Per user count (``users``, ``--user-counts``): the job's transition-rule step (``mine_triples``: users per shard)
+alone in a Bytewax flow, fed ``--per-user`` positive engagements per user (random users and clusters, generated as
+the flow reads them), and the peer, the same rule with one Bytewax key per user (``op.stateful_flat_map``), each in
+a child: events/s, run RSS growth per user, the state's pickled bytes per user, ``same_triples``, and the ratios.
+
+Budget: the default (K 16/256/2048 at 100,000 events, index 10^5, users 10^5 and 10^6) is sized for ~10 minutes
+on 2 cores; 10^6 items is ``--index-sizes 100000,1000000`` (``not_run`` says so when absent).
 """
 
 from __future__ import annotations
@@ -281,6 +286,110 @@ def child_index(a: argparse.Namespace) -> dict[str, Any]:
             "peak_rss_mb": rss_mb()["peak"], "rss_after_first_batch_mb": before}
 
 
+# ------------------------------------------------------------------------------------------------ users
+
+
+def user_engagements(users: int, per_user: int, batch: int) -> Any:
+    """``users * per_user`` positive clustered engagements in event-time order, users interleaved (each engagement
+    a random user of ``users`` and a random cluster of 16, seed 3), in batches of ``batch``: generated as the
+    flow reads them, so the input never sits in memory whole."""
+    from streams.content_stage import ClusteredEngagement
+    from streams.contract import Engagement
+
+    rng = np.random.default_rng(3)
+    n = users * per_user
+    for lo in range(0, n, batch):
+        m = min(batch, n - lo)
+        us, cs = rng.integers(users, size=m).tolist(), rng.integers(16, size=m).tolist()
+        yield [ClusteredEngagement(Engagement(f"user-{u:07d}", f"item-{c}", "like", 1_700_000_000_000 + lo + i,
+                                              True), c) for i, (u, c) in enumerate(zip(us, cs, strict=True))]
+
+
+def per_user_key_flow(flow: Any, clustered: Any) -> Any:
+    """The peer: the same rule with one Bytewax key per user (``op.stateful_flat_map``, the library's plain way,
+    and this job's step until 2026-12-02)."""
+    import bytewax.operators as op
+
+    from streams.transitions_stage import track_user_clusters
+
+    by_user = op.flat_map_batch("key_by_user", clustered, lambda b: [(ce.engagement.user_id, ce) for ce in b])
+    return op.flat_map_batch("unkey", op.stateful_flat_map("track_user_clusters", by_user, track_user_clusters),
+                             lambda b: [t for _, t in b])
+
+
+def child_users(a: argparse.Namespace) -> dict[str, Any]:
+    """The transition rule's step alone (Bytewax, 1 worker) on ``--_n`` users: events/s, the run's RSS growth per
+    user, the state's pickled bytes per user. ``--_peer``: one key per user instead of the job's user shards."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.inputs import DynamicSource, StatelessSourcePartition
+    from bytewax.testing import run_main
+
+    from streams.transitions_stage import UserShardTransitions, mine_triples
+
+    users, per_user = a.n, a.per_user
+
+    class Batches(StatelessSourcePartition):
+        def __init__(self) -> None:
+            self.it = user_engagements(users, per_user, 1_000)
+
+        def next_batch(self) -> list[Any]:
+            b = next(self.it, None)
+            if b is None:
+                raise StopIteration
+            return b
+
+    class Source(DynamicSource):
+        def build(self, step_id: str, worker_index: int, worker_count: int) -> Batches:
+            return Batches()
+
+    kept: list[Any] = []
+    real_snapshot = UserShardTransitions.snapshot
+
+    def snapshot(self: UserShardTransitions) -> dict[str, tuple]:  # the last state handed out, to weigh it
+        kept[:] = [out := real_snapshot(self)]
+        return out
+
+    UserShardTransitions.snapshot = snapshot  # type: ignore[method-assign]
+    flow = Dataflow("users")
+    clustered = op.input("in", flow, Source())
+    triples = per_user_key_flow(flow, clustered) if a.peer else mine_triples(clustered)
+    n_triples = [0]
+    op.inspect("count", triples, lambda _s, _t: n_triples.__setitem__(0, n_triples[0] + 1))
+    before = reset_peak_rss()
+    t0 = time.perf_counter()
+    run_main(flow)
+    wall = time.perf_counter() - t0
+    growth = rss_mb()["peak"] - before
+    out = {"users": users, "engagements": users * per_user, "triples": n_triples[0], "seconds": round(wall, 2),
+           "events_per_s": round(users * per_user / wall), "run_rss_growth_mb": round(growth, 1),
+           "run_rss_growth_bytes_per_user": round(growth * 2**20 / users)}
+    if kept:
+        out["state_pickle_bytes_per_user"] = round(len(pickle.dumps(kept[0], protocol=5)) / users, 1)
+        out["users_in_state"] = len(kept[0])
+    return out
+
+
+def run_users(a: argparse.Namespace, counts: list[int], work: Path) -> dict[str, Any]:
+    """Per user count: the job's step and the per-user-key peer, each in a child (its own peak RSS)."""
+    out: dict[str, Any] = {}
+    for n in counts:
+        row: dict[str, Any] = {}
+        for name, extra in (("driftrag", []), ("per_user_keys", ["--_peer"])):
+            log(f"users {n:,}: {name}")
+            row[name] = child(["--_child", "users", "--_n", str(n), "--per-user", str(a.per_user), *extra],
+                              a.child_timeout, work / f"users-{n}-{name}.log")
+            log(f"users {n:,} {name}: {json.dumps(row[name])}")
+        ours, peer = row["driftrag"], row["per_user_keys"]
+        if "error" not in ours and "error" not in peer:
+            row["same_triples"] = ours["triples"] == peer["triples"]
+            row["events_per_s_ratio"] = ratio(ours["events_per_s"], peer["events_per_s"], 2)
+            row["rss_per_user_ratio"] = ratio(ours["run_rss_growth_bytes_per_user"],
+                                              peer["run_rss_growth_bytes_per_user"], 2)
+        out[str(n)] = row
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -314,17 +423,21 @@ def main() -> int:
     p.add_argument("--context-queries", type=int, default=2_000)
     p.add_argument("--context-seconds", type=float, default=20.0, help="time limit of each context measurement")
     p.add_argument("--child-timeout", type=float, default=600, help="seconds per child before it is abandoned")
-    p.add_argument("--_child", choices=["job", "index"], help=argparse.SUPPRESS)
+    p.add_argument("--user-counts", default="100000,1000000", help="users of the transition-rule runs ('' : none)")
+    p.add_argument("--per-user", type=int, default=3, help="engagements per user in the users runs")
+    p.add_argument("--_child", choices=["job", "index", "users"], help=argparse.SUPPRESS)
+    p.add_argument("--_peer", dest="peer", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--_work", dest="work", help=argparse.SUPPRESS)
     p.add_argument("--_k", dest="k", type=int, help=argparse.SUPPRESS)
     p.add_argument("--_n", dest="n", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
     a.ks = [int(x) for x in a.ks.split(",") if x]
     if a._child:
-        print(json.dumps(child_job(a) if a._child == "job" else child_index(a)))
+        print(json.dumps({"job": child_job, "index": child_index, "users": child_users}[a._child](a)))
         return 0
     t_start = time.monotonic()
     sizes = [int(float(x)) for x in a.index_sizes.split(",") if x.strip()]
+    user_counts = [int(float(x)) for x in a.user_counts.split(",") if x.strip()]
     work = Path(tempfile.mkdtemp(prefix="driftrag-scale-"))
     common = ["--_work", str(work), "--context-queries", str(a.context_queries), "--context-seconds",
               str(a.context_seconds)]
@@ -342,6 +455,7 @@ def main() -> int:
             index[str(n)] = child(["--_child", "index", "--_n", str(n), "--queries", str(a.queries),
                                    "--nprobe", str(a.nprobe), *common], a.child_timeout, work / f"index-{n}.log")
             log(f"{n:,} items: {json.dumps(index[str(n)])}")
+        users = run_users(a, user_counts, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -385,11 +499,21 @@ def main() -> int:
                      "approx_p99": (v["approx_p99"], size, ">"), "context_p99": (v["context_p99"], size, ">")}
             cliffs += [f"{key} {name} = {x} ({op} {line:g})" for name, (x, line, op) in lines.items()
                        if x is not None and (x < line if op == "<" else x > line)]
+    done_users = [n for n in user_counts if "error" not in users[str(n)]["driftrag"]]
+    for lo, hi in zip(done_users, done_users[1:], strict=False):
+        x, y = users[str(lo)]["driftrag"], users[str(hi)]["driftrag"]
+        ratios[f"users_{hi}_vs_{lo}"] = r = {
+            "events_per_s": ratio(y["events_per_s"], x["events_per_s"]),
+            "rss_bytes_per_user": ratio(y["run_rss_growth_bytes_per_user"], x["run_rss_growth_bytes_per_user"])}
+        if r["events_per_s"] is not None and r["events_per_s"] < 0.5:
+            cliffs.append(f"users {lo:,} -> {hi:,}: events/s x{r['events_per_s']}")
+        if r["rss_bytes_per_user"] is not None and r["rss_bytes_per_user"] > 2:
+            cliffs.append(f"users {lo:,} -> {hi:,}: RSS per user x{r['rss_bytes_per_user']}")
     out = {"benchmark": "scale", "workload": {**workload, "events": a.events, "seed": 7}, "clusters": clusters,
-           "index": index, "ratios": ratios, "cliffs": cliffs,
+           "index": index, "users": users, "ratios": ratios, "cliffs": cliffs,
            "not_run": [] if 1_000_000 in sizes else ["index at 1,000,000 items: --index-sizes 100000,1000000 "
-                                                     "(not in the default ~8 min budget on 2 cores)"],
-           "budget": "default run ~8 min on 2 cores", "wall_seconds": round(time.monotonic() - t_start, 1),
+                                                     "(not in the default ~10 min budget on 2 cores)"],
+           "budget": "default run ~10 min on 2 cores", "wall_seconds": round(time.monotonic() - t_start, 1),
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}}
     print(json.dumps(out))
     return 0

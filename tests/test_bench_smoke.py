@@ -35,11 +35,18 @@ def test_pipeline_bench_file_part_reports_its_keys():
 
 
 @pytest.mark.slow
-def test_scale_bench_reports_per_k_and_per_index_size():
+def test_scale_bench_reports_per_k_index_size_and_user_count():
     r = _bench("scale.py", "--ks", "16", "--events", "3000", "--items-per-topic", "20", "--users", "300",
-               "--index-sizes", "3000", "--queries", "20", "--context-queries", "50", "--context-seconds", "5")
+               "--index-sizes", "3000", "--queries", "20", "--context-queries", "50", "--context-seconds", "5",
+               "--user-counts", "500,2000")
     job = r["clusters"]["16"]
     assert job["messages"] > 3000 and job["events_per_s"] > 0 and 0 < job["drift_share"] < 1
     assert job["live_pairs"] > 0 and job["drift_state_snapshot"]["pickle_bytes"] > 0
     ix = r["index"]["3000"]
     assert ix["upserts_per_s"] > 0 and 0 <= ix["approx"]["recall_at_10"] <= 1 and ix["snapshot"]["bytes"] > 0
+    for n in ("500", "2000"):
+        u = r["users"][n]
+        assert u["same_triples"] is True and u["events_per_s_ratio"] > 0
+        assert u["driftrag"]["users_in_state"] <= int(n) and u["driftrag"]["state_pickle_bytes_per_user"] > 0
+        assert u["driftrag"]["triples"] == u["per_user_keys"]["triples"] > 0
+    assert set(r["ratios"]["users_2000_vs_500"]) == {"events_per_s", "rss_bytes_per_user"}
