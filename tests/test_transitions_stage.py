@@ -7,10 +7,10 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
+from operators.transitions import mine_triples
 from streams.content_stage import ClusteredEngagement
 from streams.contract import Engagement, RawMessage, Validator
 from streams.generator import GeneratorConfig, WorkloadGenerator
-from operators.transitions import mine_triples
 from streams.transitions_stage import PairState, Triple, UserShardTransitions, mine_successors, track_user_clusters
 
 DAY = 86_400_000
