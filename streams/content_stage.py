@@ -7,8 +7,8 @@
     (item_id, cluster) to every user shard | Engagement keyed by the shard of its user_id
       -> join_item_clusters   engagements wait (bounded, counted) for their item's cluster, each user's in
                               arrival order   ClusteredEngagement
-    ClusteredEngagement keyed by item_id
-      -> tally_items          the item's engagement tally, latest per item and batch (for the index)
+    ClusteredEngagement keyed by a shard of item_id
+      -> tally_item_shards    the item's engagement tally, latest per item and batch (for the index)
 
 The join is keyed by user shard, not by item: a user's engagements then leave it in the order they arrived,
 which the transition rule downstream needs. Keyed by item on several workers, one user's engagements came out of
@@ -221,22 +221,36 @@ def _join_order(v: tuple | Engagement) -> tuple[int, int]:
 
 
 class ItemTally(StatefulBatchLogic):
-    """One item's engagement tally; per batch, its latest clustered engagement carrying the tally (the index
-    keeps only the latest per item, so the others are not sent on)."""
+    """The engagement tallies of one item shard's items (item -> ``(engagements, positive, first_seen_ms,
+    last_seen_ms)``, :func:`tally`), one dict per shard instead of one Bytewax key per item (a key costs a logic
+    object and a call per batch; catalogues run to millions of items). Per batch, each item's latest clustered
+    engagement carrying its tally (the index keeps only the latest per item, so the others are not sent on), in
+    the order the items last appear in the batch. The snapshot is a shallow copy (the tallies are tuples).
 
-    def __init__(self, resume: tuple[int, int, int, int] | None = None) -> None:
-        self.stats = resume
+    >>> from streams.contract import Engagement
+    >>> t = ItemTally()
+    >>> out, _ = t.on_batch([ClusteredEngagement(Engagement("u", i, "like", ts, True), 0) for i, ts in
+    ...                      [("a", 1), ("b", 2), ("a", 3)]])
+    >>> [(ce.engagement.item_id, ce.item_stats) for ce in out]
+    [('b', (1, 1, 2, 2)), ('a', (2, 2, 1, 3))]
+    """
+
+    def __init__(self, resume: dict[str, tuple[int, int, int, int]] | None = None) -> None:
+        self.stats: dict[str, tuple[int, int, int, int]] = dict(resume) if resume else {}
 
     def on_batch(self, values: list[ClusteredEngagement]) -> tuple[list[ClusteredEngagement], bool]:
         stats = self.stats
+        latest: dict[str, ClusteredEngagement] = {}
         for ce in values:
-            stats = tally(stats, ce.engagement)
-        self.stats = stats
-        last = values[-1]
-        return [ClusteredEngagement(last.engagement, last.cluster, stats)], StatefulBatchLogic.RETAIN
+            item = ce.engagement.item_id
+            stats[item] = tally(stats.get(item), ce.engagement)
+            latest.pop(item, None)  # re-inserted: the order items last appear in
+            latest[item] = ce
+        return [ClusteredEngagement(ce.engagement, ce.cluster, stats[i]) for i, ce in latest.items()], \
+            StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> tuple[int, int, int, int] | None:
-        return self.stats
+    def snapshot(self) -> dict[str, tuple[int, int, int, int]]:
+        return dict(self.stats)
 
 
 def user_shard(user_id: str, shards: int) -> str:
@@ -295,17 +309,30 @@ def shard_engagements_by_user(shards: int) -> Callable[[list[Engagement | Conten
     return lambda batch: [(user_shard(e.user_id, shards), e) for e in batch if type(e) is Engagement]
 
 
-def key_by_item(batch: list[ClusteredEngagement]) -> list[tuple[str, ClusteredEngagement]]:
-    return [(ce.engagement.item_id, ce) for ce in batch]
+def item_shard(item_id: str, shards: int) -> str:
+    """The tally shard of an item: stable across processes and restarts (crc32, not Python's salted hash).
+
+    >>> item_shard("i1", 4) == item_shard("i1", 4), item_shard("anything", 1)
+    (True, '0')
+    """
+    return str(zlib.crc32(item_id.encode()) % shards) if shards > 1 else "0"
 
 
-def tally_items(clustered: Stream[ClusteredEngagement], counts: StepCounts = NO_COUNTS
+def key_by_item_shard(shards: int) -> Callable[[list[ClusteredEngagement]], list[tuple[str, ClusteredEngagement]]]:
+    """A batch's clustered engagements keyed by their item's shard (:func:`item_shard`), in arrival order."""
+    if shards == 1:
+        return lambda batch: [("0", ce) for ce in batch]
+    return lambda batch: [(item_shard(ce.engagement.item_id, shards), ce) for ce in batch]
+
+
+def tally_items(clustered: Stream[ClusteredEngagement], counts: StepCounts = NO_COUNTS, shards: int = 1
                 ) -> Stream[ClusteredEngagement]:
     """Each item's engagement tally (``item_stats``), latest per item and batch: what the index keeps (counted in
-    ``counts`` as ``tallies``)."""
-    by_item = op.flat_map_batch("key_by_item", clustered, key_by_item)
+    ``counts`` as ``tallies``). Items are kept per shard (``shards``: one per worker, as the item join)."""
+    by_shard = op.flat_map_batch("key_by_item_shard", clustered, key_by_item_shard(shards))
+    # (a new step id: the per-item keys of earlier versions' step "tally_items" are not resumed)
     return op.flat_map_batch("unkey_tallies", op.stateful_batch(
-        "tally_items", by_item, lambda resume: GuardedLogic("tally_items", ItemTally, resume)),
+        "tally_item_shards", by_shard, lambda resume: GuardedLogic("tally_items", ItemTally, resume)),
         counts.counting("tallies", unkey))
 
 

@@ -165,7 +165,7 @@ def build_flow(
     if pairs_sink is not None:
         write("write_pairs", pair_states, pairs_sink)
     if mutations_sink is not None:
-        mutations = index_mutations(items, tally_items(clustered, counts), pair_states)
+        mutations = index_mutations(items, tally_items(clustered, counts, clustering.shards), pair_states)
         if drift_status is not None:
             mutations = op.merge("index_and_drift_mutations", mutations, drift_status)
         # This step also hands the sink one batch of the merged streams per activation: straight after the merge,

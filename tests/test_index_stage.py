@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from streams.content_stage import ClusteredEngagement, ItemTally, UserShardJoin, tally
+import bytewax.operators as op
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from streams.content_stage import ClusteredEngagement, ItemTally, UserShardJoin, tally, tally_items
 from streams.contract import Engagement
 from streams.index_stage import latest_pairs_to_mutations, latest_stats_to_mutations
 from streams.transitions_stage import PairState
@@ -44,6 +49,30 @@ def test_item_tally_sends_the_latest_engagement_of_a_batch_with_the_tally():
     assert [(ce.engagement.ts_ms, ce.item_stats) for ce in out] == [(5, (2, 1, 1, 5))]
     out, _ = ItemTally(t.snapshot()).on_batch([ClusteredEngagement(eng("i", 3), 4)])
     assert out[0].item_stats == (3, 2, 1, 5)
+
+
+@pytest.mark.parametrize("shards,batch_size", [(1, 1), (1, 50), (4, 50), (9, 333)])
+def test_item_shards_end_with_every_items_tally_over_all_its_engagements(shards, batch_size):
+    """Items kept per shard: the last tally sent for each item is :func:`tally` over all of its engagements, and a
+    batch sends each item it touched once, whatever the shard count and batch size (item ids collide on purpose:
+    60 items, 2,000 engagements)."""
+    import random
+
+    rng = random.Random(shards + batch_size)
+    events = [ClusteredEngagement(eng(f"i{rng.randrange(60)}", rng.randrange(500), rng.random() < 0.6), 0)
+              for _ in range(2_000)]
+    flow = Dataflow("tally_test")
+    got: list[ClusteredEngagement] = []
+    op.output("out", tally_items(op.input("in", flow, TestingSource(events, batch_size)), shards=shards),
+              TestingSink(got))
+    run_main(flow)
+    expected: dict[str, tuple] = {}
+    for ce in events:
+        expected[ce.engagement.item_id] = tally(expected.get(ce.engagement.item_id), ce.engagement)
+    last = {ce.engagement.item_id: ce.item_stats for ce in got}
+    assert last == expected
+    assert len(got) <= sum(len({ce.engagement.item_id for ce in events[i:i + batch_size]})
+                           for i in range(0, len(events), batch_size))
 
 
 def test_one_stats_mutation_per_item_per_batch_with_the_latest_tally():
