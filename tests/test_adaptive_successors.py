@@ -282,3 +282,72 @@ def test_live_successors_in_one_ordered_stream_is_the_table():
         assert dict(e.counts) == pytest.approx(t.mix(pair, e.ts_ms, [w for _, w in e.weights])[0], rel=1e-12)
         assert e.support == pytest.approx(sum(dict(e.counts).values()), rel=1e-9)
     assert s.pending((0, 1)) == [] and len(s) == len(t)
+
+
+@pytest.mark.parametrize("seed,half_lives,span_days", [
+    (0, DEFAULT_HALF_LIVES_MS, 40),
+    (1, (86_400_000, float("inf")), 400),  # 1-day counts renormalise every 64 days
+    (2, (3_600_000, 7 * 86_400_000), 200),  # 1-hour counts renormalise often
+])
+def test_a_pairs_compact_record_is_a_decayed_counter_per_half_life_value_for_value(seed, half_lives, span_days):
+    """The table keeps each pair in one compact record (``_PairCounts``); it must hold exactly what a
+    DecayedCounter per half-life and one for the scores held: the same stored values, references and totals
+    after the same updates (late ones, weighted ones, renormalisations), and the same snapshots."""
+    import random
+
+    from operators.adaptive_successors import _N, _PairCounts
+    from operators.successors import DecayedCounter
+
+    day = 86_400_000
+    rng = random.Random(seed)
+    rec, inv = _PairCounts(len(half_lives)), tuple(1.0 / h for h in half_lives)
+    counters, scores = [DecayedCounter(h) for h in half_lives], DecayedCounter(14 * day)
+    ts = 0
+    for i in range(3_000):
+        ts += rng.randrange(0, 2 * span_days * day // 3_000 + 1)
+        t = ts - (rng.randrange(3 * day) if rng.random() < 0.1 else 0)  # some late
+        c, w = rng.randrange(9), (1.0 if rng.random() < 0.9 else rng.random() * 3)
+        lps = [(k, rng.uniform(-1, 1)) for k in range(len(half_lives))]
+        rec.score(lps, t, 1.0 / scores.half_life_ms)
+        scores.update_each([*lps, (_N, 1.0)], t)
+        rec.count(c, t, inv, w)
+        for n in counters:
+            n.update(c, t, w)
+        if i % 500 == 0:
+            got_counts, got_scores = rec.snapshots(half_lives, scores.half_life_ms)
+            assert got_counts == tuple(n.snapshot() for n in counters)
+            assert got_scores == scores.snapshot()
+            now = t + rng.randrange(day)
+            for h, n in enumerate(counters):
+                assert rec.total(h, now, inv[h]) == n.total(now)
+                assert rec.scale(h, now, inv[h]) == n._scale(now)  # noqa: SLF001
+            assert [rec.score_value(k, now, 1.0 / scores.half_life_ms) for k in range(len(half_lives))] == \
+                [scores.value(k, now) for k in range(len(half_lives))]
+            again = _PairCounts.from_snapshots(got_counts, got_scores)
+            assert again.snapshots(half_lives, scores.half_life_ms) == (got_counts, got_scores)
+
+
+def test_a_table_pickled_with_a_counter_per_half_life_per_pair_resumes_exactly():
+    """A recovery store of an earlier version holds tables whose pairs are (DecayedCounter per half-life, score
+    DecayedCounter), pickled as slots: unpickled, each becomes a compact record with the same values, and the
+    table goes on exactly as one that never stopped."""
+    from operators.successors import DecayedCounter
+
+    rng = random.Random(5)
+    stream = [((a, b, c), i * 60_000) for i in range(2_000) for a, b, c in [rng.sample(range(9), 3)]]
+    t, ref = AdaptiveSuccessorTable(), AdaptiveSuccessorTable()
+    for tr, ts in stream[:1_500]:
+        t.update(tr, ts)
+        ref.update(tr, ts)
+    old_pairs = {}
+    for p, (ns, sc) in zip(t.pairs(), (s[1:] for s in t.snapshot().pairs), strict=True):
+        old_pairs[p] = ([DecayedCounter.from_snapshot(n) for n in ns], DecayedCounter.from_snapshot(sc))
+    state = {name: getattr(t, name) for name in AdaptiveSuccessorTable.__slots__ if name not in ("_inv", "_score_inv")}
+    state["_pairs"] = old_pairs
+    resumed = AdaptiveSuccessorTable.__new__(AdaptiveSuccessorTable)
+    resumed.__setstate__((None, state))  # how a slots object without __getstate__ was pickled
+    for tr, ts in stream[1_500:]:
+        resumed.update(tr, ts)
+        ref.update(tr, ts)
+    assert resumed.to_plain() == ref.to_plain()
+    assert pickle.loads(pickle.dumps(resumed)).to_plain() == ref.to_plain()
