@@ -225,14 +225,14 @@ class ItemTally(StatefulBatchLogic):
     last_seen_ms)``, :func:`tally`), one dict per shard instead of one Bytewax key per item (a key costs a logic
     object and a call per batch; catalogues run to millions of items). Per batch, each item's latest clustered
     engagement carrying its tally (the index keeps only the latest per item, so the others are not sent on), in
-    the order the items last appear in the batch. The snapshot is a shallow copy (the tallies are tuples).
+    the order the items first appear in the batch. The snapshot is a shallow copy (the tallies are tuples).
 
     >>> from streams.contract import Engagement
     >>> t = ItemTally()
     >>> out, _ = t.on_batch([ClusteredEngagement(Engagement("u", i, "like", ts, True), 0) for i, ts in
     ...                      [("a", 1), ("b", 2), ("a", 3)]])
     >>> [(ce.engagement.item_id, ce.item_stats) for ce in out]
-    [('b', (1, 1, 2, 2)), ('a', (2, 2, 1, 3))]
+    [('a', (2, 2, 1, 3)), ('b', (1, 1, 2, 2))]
     """
 
     def __init__(self, resume: dict[str, tuple[int, int, int, int]] | None = None) -> None:
@@ -244,7 +244,6 @@ class ItemTally(StatefulBatchLogic):
         for ce in values:
             item = ce.engagement.item_id
             stats[item] = tally(stats.get(item), ce.engagement)
-            latest.pop(item, None)  # re-inserted: the order items last appear in
             latest[item] = ce
         return [ClusteredEngagement(ce.engagement, ce.cluster, stats[i]) for i, ce in latest.items()], \
             StatefulBatchLogic.RETAIN
@@ -253,13 +252,14 @@ class ItemTally(StatefulBatchLogic):
         return dict(self.stats)
 
 
-def user_shard(user_id: str, shards: int) -> str:
-    """The join shard of a user: stable across processes and restarts (crc32, not Python's salted hash).
+def stable_shard(key: str, shards: int) -> str:
+    """The shard of a user id or an item id (the join's and the transition rule's user shards, the content and
+    tally item shards): stable across processes and restarts (crc32, not Python's salted hash).
 
-    >>> user_shard("u1", 4) == user_shard("u1", 4), user_shard("anyone", 1)
+    >>> stable_shard("u1", 4) == stable_shard("u1", 4), stable_shard("anyone", 1)
     (True, '0')
     """
-    return str(zlib.crc32(user_id.encode()) % shards)
+    return str(zlib.crc32(key.encode()) % shards) if shards > 1 else "0"
 
 
 def cluster_events(events: Stream[Engagement | ContentEvent], config: ClusteringConfig,
@@ -270,7 +270,7 @@ def cluster_events(events: Stream[Engagement | ContentEvent], config: Clustering
     shards = config.shards
     def shard_content(batch: list[Engagement | ContentEvent]) -> list[tuple[str, ContentEvent]]:
         contents = (inline_text_as_content(e) for e in batch)
-        return [(str(zlib.crc32(c.item_id.encode()) % shards), c) for c in contents if c is not None]
+        return [(stable_shard(c.item_id, shards), c) for c in contents if c is not None]
 
     keyed = op.flat_map_batch("shard_content", events, guard_batch("shard_content", shard_content))
     batches = op.stateful("micro_batch", keyed, lambda resume: _micro_batch_logic(config, resume, embedder.known))
@@ -297,32 +297,24 @@ def cluster_events(events: Stream[Engagement | ContentEvent], config: Clustering
 
 
 def shard_engagements_by_user(shards: int) -> Callable[[list[Engagement | ContentEvent]], list[tuple[str, Any]]]:
-    """A batch's engagements keyed by their user's join shard (:func:`user_shard`). One shard (one worker, the
+    """A batch's engagements keyed by their user's join shard (:func:`stable_shard`). One shard (one worker, the
     usual file or replay job) needs no hash per engagement: every key is ``"0"``.
 
     >>> e = Engagement("u1", "i1", "like", 1, True)
-    >>> shard_engagements_by_user(1)([e]) == [("0", e)], shard_engagements_by_user(4)([e]) == [(user_shard("u1", 4), e)]
+    >>> by4 = shard_engagements_by_user(4)([e])
+    >>> shard_engagements_by_user(1)([e]) == [("0", e)], by4 == [(stable_shard("u1", 4), e)]
     (True, True)
     """
     if shards == 1:
         return lambda batch: [("0", e) for e in batch if type(e) is Engagement]
-    return lambda batch: [(user_shard(e.user_id, shards), e) for e in batch if type(e) is Engagement]
-
-
-def item_shard(item_id: str, shards: int) -> str:
-    """The tally shard of an item: stable across processes and restarts (crc32, not Python's salted hash).
-
-    >>> item_shard("i1", 4) == item_shard("i1", 4), item_shard("anything", 1)
-    (True, '0')
-    """
-    return str(zlib.crc32(item_id.encode()) % shards) if shards > 1 else "0"
+    return lambda batch: [(stable_shard(e.user_id, shards), e) for e in batch if type(e) is Engagement]
 
 
 def key_by_item_shard(shards: int) -> Callable[[list[ClusteredEngagement]], list[tuple[str, ClusteredEngagement]]]:
-    """A batch's clustered engagements keyed by their item's shard (:func:`item_shard`), in arrival order."""
+    """A batch's clustered engagements keyed by their item's shard (:func:`stable_shard`), in arrival order."""
     if shards == 1:
         return lambda batch: [("0", ce) for ce in batch]
-    return lambda batch: [(item_shard(ce.engagement.item_id, shards), ce) for ce in batch]
+    return lambda batch: [(stable_shard(ce.engagement.item_id, shards), ce) for ce in batch]
 
 
 def tally_items(clustered: Stream[ClusteredEngagement], counts: StepCounts = NO_COUNTS, shards: int = 1

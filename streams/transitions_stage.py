@@ -8,7 +8,7 @@ Successor estimates are kept per source cluster c2 (every pair (c1, c2) of it on
 is chosen from its own predictive record backed off to its source cluster's (operators/adaptive_successors.py),
 so a source cluster's pairs need nothing from any other and the clusters spread over all workers.
 
-Users are kept per user shard (the item join's shards, :func:`streams.content_stage.user_shard`), one dict of
+Users are kept per user shard (the item join's shards, :func:`streams.content_stage.stable_shard`), one dict of
 plain tuples per shard, not one Bytewax key per user: a key costs the runtime a logic object and a call per batch,
 which at 10^6 users was most of the step's time and ~0.4 KB of memory per user.
 
@@ -29,7 +29,7 @@ from prometheus_client import Counter
 
 from operators.adaptive_successors import DEFAULT_HALF_LIVES_MS, LiveSnapshot, LiveSuccessors, half_life_label
 from operators.successors import Successor, rank_successors
-from streams.content_stage import ClusteredEngagement, unkey, user_shard
+from streams.content_stage import ClusteredEngagement, stable_shard, unkey
 from streams.errors import ERRORS, ErrorBudgetExceeded, GuardedLogic, ProcessingErrors
 from streams.metrics import NO_COUNTS, StepCounts
 
@@ -155,7 +155,7 @@ def _triple_ts(t: Triple) -> int:
 
 def key_positive_by_user_shard(shards: int) -> Callable[[list[ClusteredEngagement]],
                                                        list[tuple[str, ClusteredEngagement]]]:
-    """Positive engagements keyed by their user's shard (:func:`streams.content_stage.user_shard`), in event-time
+    """Positive engagements keyed by their user's shard (:func:`streams.content_stage.stable_shard`), in event-time
     order within the batch. The item join before this step emits a batch grouped by item, so two engagements of one
     user can arrive swapped; the rule must see each user's engagements in the order they happened (else the older
     one is 'late' and a transition is lost or invented), and the result must not depend on where batches split.
@@ -164,12 +164,12 @@ def key_positive_by_user_shard(shards: int) -> Callable[[list[ClusteredEngagemen
     >>> e = lambda u, ts: ClusteredEngagement(Engagement(u, "i", "like", ts, True), 0)
     >>> [(k, ce.engagement.ts_ms) for k, ce in key_positive_by_user_shard(1)([e("u", 2), e("v", 1)])]
     [('0', 1), ('0', 2)]
-    >>> {k for k, _ in key_positive_by_user_shard(4)([e("u", 1)])} == {user_shard("u", 4)}
+    >>> {k for k, _ in key_positive_by_user_shard(4)([e("u", 1)])} == {stable_shard("u", 4)}
     True
     """
     if shards == 1:
         return lambda batch: [("0", ce) for ce in sorted(batch, key=_ts) if ce.engagement.positive]
-    return lambda batch: [(user_shard(ce.engagement.user_id, shards), ce) for ce in sorted(batch, key=_ts)
+    return lambda batch: [(stable_shard(ce.engagement.user_id, shards), ce) for ce in sorted(batch, key=_ts)
                           if ce.engagement.positive]
 
 
