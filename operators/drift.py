@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -67,7 +67,8 @@ from operators.drift_signals import (  # noqa: F401 - re-exported: operators.dri
 )
 
 __all__ = [
-    "AlertGate", "ContentDrift", "DriftConfig", "DriftMonitor", "EngagementDrift", "PooledTransitionDrift",
+    "AlertGate", "ClusterDrift", "ContentDrift", "DriftCombiner", "DriftConfig", "DriftMonitor", "EngagementDrift",
+    "PooledTransitionDrift",
     "TransitionDrift",
     "VolumeDrift", "calibrate", "count_episodes", "jaccard_distance", "js_divergence",
 ]
@@ -365,173 +366,41 @@ class _PairSchedule:
         self.next_seq = len(pairs)
 
 
-class DriftMonitor:
-    """All four signals for every cluster, evaluated at each ``bucket_ms`` boundary of event time.
+def _key_order(key: tuple[int, str]) -> tuple[int, int]:
+    """Gates are updated, and alerts emitted, in (cluster, kind) order."""
+    return key[0], KINDS.index(key[1])
 
-    Event time is the largest ``ts_ms`` seen (late events are counted in their own bucket). ``on_*`` and
-    :meth:`advance` return the alerts raised by the evaluations their event time triggered.
-    """
 
-    def __init__(self, config: DriftConfig | None = None) -> None:
-        self.config = config or DriftConfig()
-        self._reset()
+# The kinds a shard decides alone (one cluster's own data), and the ones the combiner decides (a share of all
+# traffic; the pooled transition test reads how successors moved in every other cluster).
+SHARD_KINDS = ("engagement", "content")
+COMBINED_KINDS = ("transition", "volume")
 
-    def _reset(self) -> None:
-        cfg = self.config
-        self._keep = cfg.reference_ms + max(cfg.window_ms.values()) + 2 * cfg.bucket_ms
-        self._engagement: dict[int, EngagementDrift] = {}
-        self._content: dict[int, ContentDrift] = {}
-        self._pairs: dict[tuple[int, int], TransitionDrift] = {}
-        self._pooled: dict[int, PooledTransitionDrift] = {}  # per second cluster c2: all pairs (c1, c2) together
-        self._schedule = _PairSchedule()  # which pairs an evaluation moves (derived)
-        self._volume = VolumeDrift(cfg.bucket_ms, self._keep, cfg.min_total, cfg.min_support["volume"], cfg.z,
-                                   cfg.cusum_recent_ms, cfg.cusum_min_effect["volume"])
-        self._gates: dict[tuple[int, str], AlertGate] = {}
-        self._open: dict[tuple[int, str], Alert] = {}
-        self._scores: dict[int, dict[str, float]] = {}
-        self._last: dict[tuple[int, str], dict[str, Any]] = {}
-        # Per cluster: the boundary at which its published status (rounded scores, open alerts) last changed, and
-        # that status's references. A status is sent as of that boundary, so what the index ends with does not
-        # depend on how many boundaries one call of the dataflow step covered.
-        self._changed: dict[int, tuple[int, dict[str, Any]]] = {}
-        self._signature: dict[int, Any] = {}
+
+class _EventClock:
+    """What both parts of the monitor keep alike: the config, event time, the boundaries evaluated, the reference
+    policy (marks) and which kinds are due at a boundary. Every part gets every boundary and every mark, so they
+    agree on all of it."""
+
+    config: DriftConfig
+
+    def _init_clock(self, config: DriftConfig) -> None:
+        self.config = config
+        self._keep = config.reference_ms + max(config.window_ms.values()) + 2 * config.bucket_ms
         self._eval_slots: dict[str, int] = {}  # kind -> evaluate_every_ms slot last scored (see _due)
         self._now: int | None = None
         self._evaluated: int | None = None  # the last bucket boundary evaluated
         self._mark: tuple[int, str] | None = None  # (since_ms, reason)
-        self.updates = 0
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled (a Bytewax recovery snapshot) as if every pair had been moved at each evaluation: the pairs the
-        last evaluations skipped take their bounds first; the schedule is derived and left out."""
-        self._sync_pairs()
-        return {**self.__dict__, "_schedule": None, "_evidence": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickle, also a monitor from before the pair schedule (the next evaluation moves every pair)."""
-        self.__dict__.update(state)
-        self._schedule = _PairSchedule()
-
-    def _sync_pairs(self) -> None:
-        sched = self._schedule
-        if sched is None or sched.ranges is None:
-            return
-        for t in self._pairs.values():
-            if t.seen != sched.evals:
-                t.follow(*sched.ranges)
-                t.seen = sched.evals
-
-    # -- inputs ------------------------------------------------------------------------------------------
-
-    def on_engagement(self, cluster: int, ts_ms: int, positive: bool) -> list[Alert]:
-        out = self.advance(ts_ms)
-        e = self._engagement.get(cluster)
-        if e is None:
-            e = self._engagement[cluster] = self._new_engagement()
-        e.update(ts_ms, positive)
-        self._volume.update(cluster, ts_ms)
-        self.updates += 1
-        return out
-
-    def on_engagements(self, cluster: int, ts_ms: int, n: int, positive: int) -> list[Alert]:
-        """``n`` engagements of one cluster in the bucket of ``ts_ms`` (the latest of them), ``positive`` of them
-        positive: the same as ``n`` calls of :meth:`on_engagement` within one bucket, at a fraction of the cost."""
-        out = self.advance(ts_ms)
-        e = self._engagement.get(cluster)
-        if e is None:
-            e = self._engagement[cluster] = self._new_engagement()
-        e.update(ts_ms, positive, n)
-        self._volume.update(cluster, ts_ms, n)
-        self.updates += n
-        return out
-
-    def on_item(self, cluster: int, ts_ms: int, vector: np.ndarray, novel: bool) -> list[Alert]:
-        """A content item of ``cluster``. Its timestamp is a publish time, which may run ahead of the engagements
-        (a catalogue loaded in advance, scheduled content): it is counted in its own bucket but never moves event
-        time; engagements and triples do. Returns no alerts (kept a list for a uniform interface)."""
-        out: list[Alert] = []
-        c = self._content.get(cluster)
-        if c is None:
-            c = self._content[cluster] = self._new_content()
-        c.update(ts_ms, vector, novel)
-        self.updates += 1
-        return out
-
-    def on_triple(self, c1: int, c2: int, c_next: int, ts_ms: int) -> list[Alert]:
-        out = self.advance(ts_ms)
-        sched = self._schedule
-        t = self._pairs.get((c1, c2))
-        if t is None:
-            t = self._pairs[(c1, c2)] = TransitionDrift(self.config.bucket_ms, self._keep,
-                                                        self.config.min_support["transition"], self.config.z)
-            t.seq, t.seen = sched.next_seq, sched.evals
-            sched.next_seq += 1
-        elif t.seen != sched.evals and sched.ranges is not None:  # skipped by the last evaluations
-            t.follow(*sched.ranges)
-            t.seen = sched.evals
-        t.update(c_next, ts_ms)
-        sched.note((c1, c2), ts_ms // self.config.bucket_ms)
-        p = self._pooled.get(c2)
-        if p is None:
-            p = self._pooled[c2] = self._new_pooled()
-        p.update(c1, c_next, ts_ms)
-        self.updates += 1
-        return out
-
-    def _new_engagement(self) -> EngagementDrift:
-        cfg = self.config
-        return EngagementDrift(cfg.bucket_ms, self._keep, cfg.min_support["engagement"], cfg.z, cfg.cusum_recent_ms,
-                               cfg.cusum_min_effect["engagement"])
-
-    def _new_content(self) -> ContentDrift:
-        cfg = self.config
-        return ContentDrift(cfg.bucket_ms, self._keep, cfg.min_support["content"], cfg.min_reference_items, cfg.z,
-                            cfg.window_ms["content"], cfg.cusum_min_effect["content"])
-
-    def _new_pooled(self) -> PooledTransitionDrift:
-        cfg = self.config
-        return PooledTransitionDrift(cfg.bucket_ms, self._keep, cfg.pooled_recent_ms, cfg.min_support["transition"])
 
     @property
     def now_ms(self) -> int | None:
-        """Event time the monitor has advanced to (None before the first ``advance``)."""
+        """Event time advanced to (None before the first ``advance``)."""
         return self._now
 
-    def advance(self, ts_ms: int) -> list[Alert]:
-        """Move event time to ``ts_ms``; evaluate every cluster at each bucket boundary passed."""
-        if self._now is not None and ts_ms <= self._now:
-            return []
-        self._now = ts_ms
-        b = self.config.bucket_ms
-        boundary = ts_ms // b * b
-        if self._evaluated is None:
-            self._evaluated = boundary
-            return []
-        if boundary <= self._evaluated:
-            return []
-        # Every boundary passed, in turn: how far one call jumps depends on how the stream was batched, and the
-        # alerts must not (a jump evaluated once, at its latest boundary, missed drifts a step-by-step run saw).
-        alerts: list[Alert] = []
-        for bnd in range(self._evaluated + b, boundary + 1, b):
-            self._evaluated = bnd
-            alerts += self._evaluate(bnd)
-        return alerts
-
-    # -- reference policy ----------------------------------------------------------------------------------
-
-    def mark_reference(self, ts_ms: int, reason: str) -> None:
-        """Compare everything against the state as of ``ts_ms`` from now on (e.g. reason ``"refresh"``)."""
+    def _set_mark(self, ts_ms: int, reason: str) -> None:
         if not reason or reason == "rolling":
             raise ValueError("reason must be a non-empty name other than 'rolling'")
         self._mark = (ts_ms, reason)
-        for kind, sig in (("engagement", self._engagement), ("content", self._content)):
-            for s in sig.values():
-                s.mark_reference(self._window(kind, ts_ms))
-        for t in self._pairs.values():
-            t.mark_reference(self._window("transition", ts_ms))
-        for p in self._pooled.values():
-            p.mark_reference(self._window("transition", ts_ms))
-        self._volume.mark_reference(self._window("volume", ts_ms))
 
     def _frozen(self, now_ms: int) -> tuple[int, str] | None:
         m = self._mark
@@ -556,8 +425,6 @@ class DriftMonitor:
         w = self._window(kind, now)
         return {"policy": "rolling", "since_ms": w.reference[0], "until_ms": w.reference[1]}
 
-    # -- evaluation ----------------------------------------------------------------------------------------
-
     def _due(self, kind: str, now: int) -> bool:
         """Whether ``kind`` is re-scored at ``now`` (else its last results stand)."""
         slot = now // self.config.evaluate_every_ms.get(kind, self.config.bucket_ms)
@@ -565,114 +432,6 @@ class DriftMonitor:
             return False
         self._eval_slots[kind] = slot
         return True
-
-    def _evaluate(self, now: int) -> list[Alert]:
-        results: dict[tuple[int, str], dict[str, Any]] = {}
-        due = {kind: self._due(kind, now) for kind in KINDS}
-        for key, r in self._last.items():  # kinds not re-scored now keep their last results
-            if not due[key[1]]:
-                results[key] = r
-        if due["engagement"]:
-            win = self._window("engagement", now)  # one for all clusters (a frozen dataclass)
-            for c, e in self._engagement.items():
-                r = self._combine("engagement", e.evaluate(now, win), e.cusum)
-                if r is not None:
-                    results[(c, "engagement")] = r
-        if due["content"]:
-            win = self._window("content", now)
-            for c, ct in self._content.items():
-                r = self._combine("content", ct.evaluate(win), ct.cusum)
-                if r is not None:
-                    results[(c, "content")] = r
-        if due["volume"]:
-            win = self._window("volume", now)
-            counts = self._volume.counts(win)
-            self._volume.step_cusums(win, counts)
-            self._volume.prune(now)
-            for c in set(counts[0]) | set(counts[1]) | set(self._volume.cusums):
-                if c is not None:
-                    r = self._combine("volume", self._volume.evaluate(c, win, counts), self._volume.cusums.get(c))
-                    if r is not None:
-                        results[(c, "volume")] = r
-        if due["transition"]:
-            results.update(self._evaluate_transitions(now))
-        scores: dict[int, dict[str, float]] = {}
-        for (c, kind), r in results.items():
-            scores.setdefault(c, {})[kind] = r["score"] / self.config.warning[kind]
-        self._scores = scores
-        self._last = results
-        self._evidence = None  # _last per cluster, built when status first asks
-        out = []
-        for key in sorted(set(results) | set(self._gates), key=lambda k: (k[0], KINDS.index(k[1]))):
-            c, kind = key
-            r = results.get(key)
-            score = r["score"] if r is not None else 0.0
-            gate = self._gates.get(key)
-            if gate is None:
-                if r is None or score < self.config.warning[kind]:
-                    continue
-                w = self.config.warning[kind]
-                gate = self._gates[key] = AlertGate(w, self.config.critical[kind], self.config.rearm_fraction * w,
-                                                    self.config.cooldown(kind))
-            decision = gate.update(score, now)
-            if decision is None:
-                if not gate.is_open:
-                    self._open.pop(key, None)
-                continue
-            assert r is not None
-            if decision != "escalate":
-                self._hold_cusum(c, kind, now + self.config.cooldown(kind))
-            severity = "critical" if decision == "escalate" else decision
-            first = self._open.get(key)
-            start = first.window_end_ms if decision == "escalate" and first is not None else now
-            alert = self._alert(c, kind, r, severity, start, now)
-            self._open[key] = alert
-            out.append(alert)
-        self._note_changes(now)
-        return out
-
-    def _hold_cusum(self, c: int, kind: str, until_ms: int) -> None:
-        """An alert of ``kind`` opened on ``c``: its accumulating test keeps at least its level until ``until_ms``
-        (the cooldown: the time the rolling reference takes to absorb the change) and while the change goes on,
-        then restarts from 0 (:meth:`operators.drift_cusum.Cusum.hold`)."""
-        if kind == "volume":
-            cu: Any = self._volume.cusums.get(c)
-        elif kind == "transition":
-            cu = self._pooled.get(c)
-        else:
-            sig = (self._engagement if kind == "engagement" else self._content).get(c)
-            cu = sig.cusum if sig is not None else None
-        if cu is not None:
-            cu.hold(until_ms)
-
-    def _note_changes(self, now: int) -> None:
-        signatures: dict[int, Any] = {}
-        for c, sc in self._scores.items():
-            signatures[c] = [sorted((k, round(v, 3)) for k, v in sc.items())]
-        for (c, kind), a in self._open.items():
-            if self._gates[(c, kind)].is_open:
-                signatures.setdefault(c, [[]]).append((kind, a.alert_id, a.severity))
-        references = None  # the same for every cluster at ``now``: worked out once, a copy each
-        for c in set(signatures) | set(self._signature):
-            sig = signatures.get(c)
-            if sig is not None:
-                sig = tuple(sorted(sig[1:])), tuple(sig[0])
-            if sig != self._signature.get(c):
-                if references is None:
-                    references = {k: self.reference(k, now) for k in KINDS}
-                self._changed[c] = (now, {k: dict(v) for k, v in references.items()}, dict(sig[1]) if sig else {})
-                if sig is None:
-                    self._signature.pop(c, None)
-                else:
-                    self._signature[c] = sig
-
-    def changed_at(self, cluster: int) -> int | None:
-        """The boundary at which ``cluster``'s status (scores rounded to 3 places, open alerts) last changed."""
-        ch = self._changed.get(cluster)
-        return ch[0] if ch is not None else None
-
-    def changed_clusters(self) -> list[int]:
-        return sorted(self._changed)
 
     def _combine(self, kind: str, rw: dict[str, Any] | None, cusum: Any) -> dict[str, Any] | None:
         """One result of ``kind`` from its window test's result ``rw`` and its CUSUM (None where neither has
@@ -707,6 +466,245 @@ class DriftMonitor:
         r["test"] = cusum_name if score_c > w * nw else window_name
         r["tests"] = tests
         return r
+
+    def _gate_updates(self, results: dict[tuple[int, str], dict[str, Any]], gates: dict[tuple[int, str], AlertGate],
+                      is_open: dict[tuple[int, str], Alert], kinds: tuple[str, ...], now: int
+                      ) -> list[tuple[tuple[int, str], Alert | None]]:
+        """Step the gates of ``kinds`` with ``results`` at ``now``: [(key, the alert opened or escalated, or None
+        where an open alert closed)], in (cluster, kind) order. ``is_open``: the open alerts (read only)."""
+        events: list[tuple[tuple[int, str], Alert | None]] = []
+        keys = [k for k in results if k[1] in kinds]
+        for key in sorted(set(keys) | set(gates), key=_key_order):
+            c, kind = key
+            r = results.get(key)
+            score = r["score"] if r is not None else 0.0
+            gate = gates.get(key)
+            if gate is None:
+                if r is None or score < self.config.warning[kind]:
+                    continue
+                w = self.config.warning[kind]
+                gate = gates[key] = AlertGate(w, self.config.critical[kind], self.config.rearm_fraction * w,
+                                              self.config.cooldown(kind))
+            decision = gate.update(score, now)
+            if decision is None:
+                if not gate.is_open and key in is_open:
+                    events.append((key, None))
+                continue
+            assert r is not None
+            if decision != "escalate":
+                self._hold_cusum(c, kind, now + self.config.cooldown(kind))
+            severity = "critical" if decision == "escalate" else decision
+            first = is_open.get(key)
+            start = first.window_end_ms if decision == "escalate" and first is not None else now
+            events.append((key, self._alert(c, kind, r, severity, start, now)))
+        return events
+
+    def _hold_cusum(self, c: int, kind: str, until_ms: int) -> None:  # pragma: no cover - each part has its own
+        raise NotImplementedError
+
+    def _alert(self, c: int, kind: str, r: dict[str, Any], severity: str, start: int, now: int) -> Alert:
+        w = self._window(kind, now)
+        lo = w.current[0] if kind != "content" else max(now - self.config.window_ms[kind], w.frozen_ms or 0)
+        evidence = {k: _rounded(v) for k, v in r.items() if k != "score"}
+        evidence.update(_test_of(kind, r))
+        thr = self.config.critical[kind] if severity == "critical" else self.config.warning[kind]
+        return Alert(f"drift-{c}-{kind}-{start}", c, kind, float(r["score"]), thr, severity, lo, now, evidence,
+                     now, reference=self.reference(kind, now))
+
+
+class ClusterDrift(_EventClock):
+    """The drift state of some clusters (all of them, or one shard's): each cluster's engagement and content
+    signals, the pair windows of the pairs into it and the windows of its pooled transition test, and the
+    alert gates of its engagement and content.
+
+    It sees the events of its clusters (a triple goes to the shard of its second cluster) and every boundary and
+    mark; at each boundary it evaluates what needs only its own clusters and returns a *report* (a dict) that a
+    :class:`DriftCombiner` turns, with every other shard's report of the same boundary, into alerts and status:
+    ``now``, ``results`` (engagement and content per cluster), ``gates`` (alerts opened, escalated or closed),
+    and at transition boundaries ``best`` (the busiest-scoring pair per second cluster) and ``staged`` (each
+    cluster's pooled test, staged for the combiner). Splitting the clusters over shards changes none of it: the
+    reports of all shards hold what one shard with every cluster reports.
+
+    >>> shard = ClusterDrift()
+    >>> reports = [r for i in range(3 * 24 * 20) for r in shard.on_engagements(7, i * 180_000, 1, i % 2)]
+    >>> len(reports), sorted({k for r in reports for k in r["results"]})  # one per hour boundary passed
+    (71, [(7, 'engagement')])
+    """
+
+    def __init__(self, config: DriftConfig | None = None) -> None:
+        self._init_clock(config or DriftConfig())
+        self._engagement: dict[int, EngagementDrift] = {}
+        self._content: dict[int, ContentDrift] = {}
+        self._pairs: dict[tuple[int, int], TransitionDrift] = {}
+        self._pooled: dict[int, PooledTransitionDrift] = {}  # per second cluster c2: its test's windows
+        self._schedule = _PairSchedule()  # which pairs an evaluation moves (derived)
+        self._gates: dict[tuple[int, str], AlertGate] = {}  # engagement and content
+        self._open: dict[tuple[int, str], Alert] = {}
+        self._last: dict[tuple[int, str], dict[str, Any]] = {}
+        self.updates = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (a Bytewax recovery snapshot) as if every pair had been moved at each evaluation: the pairs the
+        last evaluations skipped take their bounds first; the schedule is derived and left out."""
+        self._sync_pairs()
+        return {**self.__dict__, "_schedule": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._schedule = _PairSchedule()
+
+    def _sync_pairs(self) -> None:
+        sched = self._schedule
+        if sched is None or sched.ranges is None:
+            return
+        for t in self._pairs.values():
+            if t.seen != sched.evals:
+                t.follow(*sched.ranges)
+                t.seen = sched.evals
+
+    # -- inputs ------------------------------------------------------------------------------------------
+
+    def on_engagement(self, cluster: int, ts_ms: int, positive: bool) -> list[dict[str, Any]]:
+        out = self.advance(ts_ms)
+        e = self._engagement.get(cluster)
+        if e is None:
+            e = self._engagement[cluster] = self._new_engagement()
+        e.update(ts_ms, positive)
+        self.updates += 1
+        return out
+
+    def on_engagements(self, cluster: int, ts_ms: int, n: int, positive: int) -> list[dict[str, Any]]:
+        """``n`` engagements of one cluster in the bucket of ``ts_ms`` (the latest of them), ``positive`` of them
+        positive: the same as ``n`` calls of :meth:`on_engagement` within one bucket, at a fraction of the cost."""
+        out = self.advance(ts_ms)
+        e = self._engagement.get(cluster)
+        if e is None:
+            e = self._engagement[cluster] = self._new_engagement()
+        e.update(ts_ms, positive, n)
+        self.updates += n
+        return out
+
+    def on_item(self, cluster: int, ts_ms: int, vector: np.ndarray, novel: bool) -> list[dict[str, Any]]:
+        """A content item of ``cluster`` (a publish time: counted in its bucket, never moves event time)."""
+        c = self._content.get(cluster)
+        if c is None:
+            c = self._content[cluster] = self._new_content()
+        c.update(ts_ms, vector, novel)
+        self.updates += 1
+        return []
+
+    def on_triple(self, c1: int, c2: int, c_next: int, ts_ms: int) -> list[dict[str, Any]]:
+        out = self.advance(ts_ms)
+        sched = self._schedule
+        t = self._pairs.get((c1, c2))
+        if t is None:
+            t = self._pairs[(c1, c2)] = TransitionDrift(self.config.bucket_ms, self._keep,
+                                                        self.config.min_support["transition"], self.config.z)
+            t.seq, t.seen = sched.next_seq, sched.evals
+            sched.next_seq += 1
+        elif t.seen != sched.evals and sched.ranges is not None:  # skipped by the last evaluations
+            t.follow(*sched.ranges)
+            t.seen = sched.evals
+        t.update(c_next, ts_ms)
+        sched.note((c1, c2), ts_ms // self.config.bucket_ms)
+        p = self._pooled.get(c2)
+        if p is None:
+            p = self._pooled[c2] = self._new_pooled()
+        p.update(c1, c_next, ts_ms)
+        self.updates += 1
+        return out
+
+    def _new_engagement(self) -> EngagementDrift:
+        cfg = self.config
+        return EngagementDrift(cfg.bucket_ms, self._keep, cfg.min_support["engagement"], cfg.z, cfg.cusum_recent_ms,
+                               cfg.cusum_min_effect["engagement"])
+
+    def _new_content(self) -> ContentDrift:
+        cfg = self.config
+        return ContentDrift(cfg.bucket_ms, self._keep, cfg.min_support["content"], cfg.min_reference_items, cfg.z,
+                            cfg.window_ms["content"], cfg.cusum_min_effect["content"])
+
+    def _new_pooled(self) -> PooledTransitionDrift:
+        cfg = self.config
+        return PooledTransitionDrift(cfg.bucket_ms, self._keep, cfg.pooled_recent_ms, cfg.min_support["transition"])
+
+    def advance(self, ts_ms: int) -> list[dict[str, Any]]:
+        """Move event time to ``ts_ms``; a report for each bucket boundary passed."""
+        if self._now is not None and ts_ms <= self._now:
+            return []
+        self._now = ts_ms
+        b = self.config.bucket_ms
+        boundary = ts_ms // b * b
+        if self._evaluated is None:
+            self._evaluated = boundary
+            return []
+        if boundary <= self._evaluated:
+            return []
+        # Every boundary passed, in turn: how far one call jumps depends on how the stream was batched, and the
+        # alerts must not (a jump evaluated once, at its latest boundary, missed drifts a step-by-step run saw).
+        reports = []
+        for bnd in range(self._evaluated + b, boundary + 1, b):
+            self._evaluated = bnd
+            reports.append(self._evaluate(bnd))
+        return reports
+
+    def mark_reference(self, ts_ms: int, reason: str) -> None:
+        """Compare everything against the state as of ``ts_ms`` from now on (e.g. reason ``"refresh"``)."""
+        self._set_mark(ts_ms, reason)
+        for kind, sig in (("engagement", self._engagement), ("content", self._content)):
+            for s in sig.values():
+                s.mark_reference(self._window(kind, ts_ms))
+        for t in self._pairs.values():
+            t.mark_reference(self._window("transition", ts_ms))
+        for p in self._pooled.values():
+            p.mark_reference(self._window("transition", ts_ms))
+
+    # -- evaluation ----------------------------------------------------------------------------------------
+
+    def _evaluate(self, now: int) -> dict[str, Any]:
+        due = {kind: self._due(kind, now) for kind in KINDS}
+        results = {key: r for key, r in self._last.items() if not due[key[1]]}
+        if due["engagement"]:
+            win = self._window("engagement", now)  # one for all clusters (a frozen dataclass)
+            for c, e in self._engagement.items():
+                r = self._combine("engagement", e.evaluate(now, win), e.cusum)
+                if r is not None:
+                    results[(c, "engagement")] = r
+        if due["content"]:
+            win = self._window("content", now)
+            for c, ct in self._content.items():
+                r = self._combine("content", ct.evaluate(win), ct.cusum)
+                if r is not None:
+                    results[(c, "content")] = r
+        report: dict[str, Any] = {"now": now, "results": results, "best": None, "staged": None}
+        if due["transition"]:
+            tw = self._window("transition", now)
+            frozen = self._frozen(now) is not None
+            report["best"] = self._score_pairs(tw, frozen)
+            staged = {}
+            for c in list(self._pooled):
+                p = self._pooled[c]
+                o, e = p.stage(tw)
+                staged[c] = (o, e, p.take_staged(), p.last_ms, p.empty)
+                if p.empty and not frozen:  # (the combiner keeps the test's statistic while it is above 0)
+                    del self._pooled[c]
+            report["staged"] = staged
+        self._last = results
+        report["gates"] = events = self._gate_updates(results, self._gates, self._open, SHARD_KINDS, now)
+        for key, alert in events:
+            if alert is None:
+                del self._open[key]
+            else:
+                self._open[key] = alert
+        return report
+
+    def _hold_cusum(self, c: int, kind: str, until_ms: int) -> None:
+        """An alert of ``kind`` opened on ``c``: its accumulating test keeps at least its level until ``until_ms``
+        (the cooldown: the time the rolling reference takes to absorb the change) and while the change goes on,
+        then restarts from 0 (:meth:`operators.drift_cusum.Cusum.hold`)."""
+        sig = (self._engagement if kind == "engagement" else self._content).get(c)
+        if sig is not None:
+            sig.cusum.hold(until_ms)
 
     def _score_pairs(self, tw: _Window, frozen: bool) -> dict[int, dict[str, Any]]:
         """Move every pair's windows to ``tw`` (only those :class:`_PairSchedule` says can have changed), drop the
@@ -746,17 +744,144 @@ class DriftMonitor:
                                  "top_after": [list(x) for x in r["top_after"]]}
         return best
 
-    def _evaluate_transitions(self, now: int) -> dict[tuple[int, str], dict[str, Any]]:
-        """Both transition tests per cluster: the pair JSD (its busiest-scoring pair) and the pooled CUSUM."""
-        tw = self._window("transition", now)
+    def split(self, shards: int, shard_of: Callable[[int], int]) -> list[ClusterDrift]:
+        """This state as ``shards`` parts, cluster ``c`` (and every pair into it) in part ``shard_of(c)`` (a
+        recovered one-shard monitor spread over the shards of a sharded job). Each part moves every pair at its
+        next evaluation (a fresh pair schedule), which gives what the schedule would."""
+        self._sync_pairs()
+        parts = []
+        for i in range(shards):
+            p = ClusterDrift(self.config)
+            p._eval_slots, p._mark = dict(self._eval_slots), self._mark
+            p._now, p._evaluated = self._now, self._evaluated
+            p.updates = self.updates if i == 0 else 0
+            parts.append(p)
+        for name in ("_engagement", "_content", "_pooled"):
+            for c, v in getattr(self, name).items():
+                getattr(parts[shard_of(c)], name)[c] = v
+        for pair, t in self._pairs.items():
+            parts[shard_of(pair[1])]._pairs[pair] = t
+        for name in ("_gates", "_open", "_last"):
+            for key, v in getattr(self, name).items():
+                getattr(parts[shard_of(key[0])], name)[key] = v
+        for p in parts:
+            for i, t in enumerate(p._pairs.values()):
+                t.seq, t.seen = i, 0
+            p._schedule.next_seq = len(p._pairs)
+        return parts
+
+
+class DriftCombiner(_EventClock):
+    """The part of drift that reads every cluster: volume (each cluster's share of all engagements), the pooled
+    transition tests' CUSUMs (each cluster against how successors moved in the others, less the clusters'
+    median), the transition and volume gates, and every cluster's status.
+
+    :meth:`evaluate` takes the reports of one boundary from every shard (:class:`ClusterDrift`) and returns the
+    alerts of that boundary, in (cluster, kind) order; engagements reach it as :meth:`on_volume` counts and
+    marks as :meth:`mark_reference`, in the order the shards saw them.
+    """
+
+    def __init__(self, config: DriftConfig | None = None) -> None:
+        self._init_clock(config or DriftConfig())
+        cfg = self.config
+        self._volume = VolumeDrift(cfg.bucket_ms, self._keep, cfg.min_total, cfg.min_support["volume"], cfg.z,
+                                   cfg.cusum_recent_ms, cfg.cusum_min_effect["volume"])
+        self._pooled: dict[int, PooledTransitionDrift] = {}  # per second cluster: its pooled test's CUSUM
+        self._gates: dict[tuple[int, str], AlertGate] = {}  # transition and volume
+        self._open: dict[tuple[int, str], Alert] = {}  # every kind's open alerts (the shards' as they report them)
+        self._scores: dict[int, dict[str, float]] = {}
+        self._last: dict[tuple[int, str], dict[str, Any]] = {}
+        # Per cluster: the boundary at which its published status (rounded scores, open alerts) last changed, and
+        # that status's references. A status is sent as of that boundary, so what the index ends with does not
+        # depend on how many boundaries one call of the dataflow step covered.
+        self._changed: dict[int, tuple[int, dict[str, Any], dict[str, float]]] = {}
+        self._signature: dict[int, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_evidence": None}
+
+    def on_volume(self, cluster: int, ts_ms: int, n: int = 1) -> None:
+        """``n`` engagements of ``cluster`` at ``ts_ms``."""
+        self._volume.update(cluster, ts_ms, n)
+
+    def mark_reference(self, ts_ms: int, reason: str) -> None:
+        self._set_mark(ts_ms, reason)
+        self._volume.mark_reference(self._window("volume", ts_ms))
+
+    def _new_pooled(self) -> PooledTransitionDrift:
+        cfg = self.config
+        return PooledTransitionDrift(cfg.bucket_ms, self._keep, cfg.pooled_recent_ms, cfg.min_support["transition"])
+
+    def evaluate(self, reports: list[dict[str, Any]]) -> list[Alert]:
+        """The alerts of one boundary from every shard's report of it (in shard order)."""
+        now = reports[0]["now"]
+        if any(r["now"] != now for r in reports):
+            raise ValueError(f"reports of different boundaries: {sorted({r['now'] for r in reports})}")
+        self._evaluated = now
+        if self._now is None or now > self._now:
+            self._now = now
+        due = {kind: self._due(kind, now) for kind in KINDS}
+        results = {key: r for key, r in self._last.items() if not due[key[1]]}
+        for kind in SHARD_KINDS:
+            if due[kind]:
+                for rep in reports:
+                    results.update((key, r) for key, r in rep["results"].items() if key[1] == kind)
+        if due["volume"]:
+            win = self._window("volume", now)
+            counts = self._volume.counts(win)
+            self._volume.step_cusums(win, counts)
+            self._volume.prune(now)
+            for c in set(counts[0]) | set(counts[1]) | set(self._volume.cusums):
+                if c is not None:
+                    r = self._combine("volume", self._volume.evaluate(c, win, counts), self._volume.cusums.get(c))
+                    if r is not None:
+                        results[(c, "volume")] = r
+        if due["transition"]:
+            results.update(self._evaluate_transitions(now, reports))
+        scores: dict[int, dict[str, float]] = {}
+        for (c, kind), r in results.items():
+            scores.setdefault(c, {})[kind] = r["score"] / self.config.warning[kind]
+        self._scores = scores
+        self._last = results
+        self._evidence = None  # _last per cluster, built when status first asks
+        events = [ev for rep in reports for ev in rep["gates"]]
+        events += self._gate_updates(results, self._gates, self._open, COMBINED_KINDS, now)
+        events.sort(key=lambda ev: _key_order(ev[0]))
+        out = []
+        for key, alert in events:
+            if alert is None:
+                self._open.pop(key, None)
+            else:
+                self._open[key] = alert
+                out.append(alert)
+        self._note_changes(now)
+        return out
+
+    def _hold_cusum(self, c: int, kind: str, until_ms: int) -> None:
+        cu: Any = self._volume.cusums.get(c) if kind == "volume" else self._pooled.get(c)
+        if cu is not None:
+            cu.hold(until_ms)
+
+    def _evaluate_transitions(self, now: int, reports: list[dict[str, Any]]) -> dict[tuple[int, str], dict[str, Any]]:
+        """Both transition tests per cluster: the pair JSD (its busiest-scoring pair, from its shard) and the
+        pooled CUSUM (staged by its shard, scored here against every other cluster)."""
         frozen = self._frozen(now) is not None
-        best = self._score_pairs(tw, frozen)
+        best: dict[int, dict[str, Any]] = {}
+        staged_by: dict[int, tuple] = {}
+        for rep in reports:
+            best.update(rep["best"] or {})
+            staged_by.update(rep["staged"] or {})
         staged = {}
-        for c in list(self._pooled):
-            p = self._pooled[c]
-            staged[c] = p.stage(tw)
-            if p.empty and not frozen and p.statistic == 0.0:
-                del self._pooled[c], staged[c]
+        for c in sorted(staged_by):  # cluster order: the same sums however the clusters are sharded
+            o, e, st, last_ms, empty = staged_by[c]
+            p = self._pooled.get(c)
+            if p is None:
+                p = self._pooled[c] = self._new_pooled()
+            if empty and not frozen and p.statistic == 0.0:
+                del self._pooled[c]
+                continue
+            p.receive(st, last_ms)
+            staged[c] = (o, e)
         total_o: Counter = Counter()
         total_e: Counter = Counter()
         for o, e in staged.values():
@@ -771,8 +896,8 @@ class DriftMonitor:
         # relative to the clusters' median when that is positive.
         offset = max(0.0, float(np.median(list(per_triple.values())))) if len(per_triple) >= 3 else 0.0
         pooled: dict[int, dict[str, Any]] = {}
-        for c, p in self._pooled.items():
-            r = p.commit(offset)
+        for c in staged:
+            r = self._pooled[c].commit(offset)
             if r is not None:
                 pooled[c] = {**r, "offset": offset}
         w, pw = self.config.warning["transition"], self.config.pooled_warning
@@ -797,32 +922,51 @@ class DriftMonitor:
             out[(c, "transition")] = r
         return out
 
-    def _alert(self, c: int, kind: str, r: dict[str, Any], severity: str, start: int, now: int) -> Alert:
-        w = self._window(kind, now)
-        lo = w.current[0] if kind != "content" else max(now - self.config.window_ms[kind], w.frozen_ms or 0)
-        evidence = {k: _rounded(v) for k, v in r.items() if k != "score"}
-        evidence.update(_test_of(kind, r))
-        thr = self.config.critical[kind] if severity == "critical" else self.config.warning[kind]
-        return Alert(f"drift-{c}-{kind}-{start}", c, kind, float(r["score"]), thr, severity, lo, now, evidence,
-                     now, reference=self.reference(kind, now))
+    def _note_changes(self, now: int) -> None:
+        signatures: dict[int, Any] = {}
+        for c, sc in self._scores.items():
+            signatures[c] = [sorted((k, round(v, 3)) for k, v in sc.items())]
+        for (c, kind), a in self._open.items():
+            signatures.setdefault(c, [[]]).append((kind, a.alert_id, a.severity))
+        references = None  # the same for every cluster at ``now``: worked out once, a copy each
+        for c in set(signatures) | set(self._signature):
+            sig = signatures.get(c)
+            if sig is not None:
+                sig = tuple(sorted(sig[1:])), tuple(sig[0])
+            if sig != self._signature.get(c):
+                if references is None:
+                    references = {k: self.reference(k, now) for k in KINDS}
+                self._changed[c] = (now, {k: dict(v) for k, v in references.items()}, dict(sig[1]) if sig else {})
+                if sig is None:
+                    self._signature.pop(c, None)
+                else:
+                    self._signature[c] = sig
 
     # -- reading -------------------------------------------------------------------------------------------
+
+    def changed_at(self, cluster: int) -> int | None:
+        """The boundary at which ``cluster``'s status (scores rounded to 3 places, open alerts) last changed."""
+        ch = self._changed.get(cluster)
+        return ch[0] if ch is not None else None
+
+    def changed_clusters(self) -> list[int]:
+        return sorted(self._changed)
 
     def scores(self) -> dict[int, dict[str, float]]:
         """Score per cluster per kind at the last evaluation, normalised: 1.0 = at the warning threshold."""
         return {c: dict(d) for c, d in self._scores.items()}
 
-    def status(self, cluster: int) -> dict[str, Any]:
+    def status(self, cluster: int, now_ms: int | None = None) -> dict[str, Any]:
         """One cluster: ``scores`` (normalised, as :meth:`scores`), ``evidence`` per kind at the last evaluation,
-        ``alerts`` (the open ones, as dicts) and ``reference`` per kind ({"policy", "since_ms", ...})."""
-        open_alerts = [a.to_dict() for (c, kind), a in self._open.items()
-                       if c == cluster and self._gates[(c, kind)].is_open]
+        ``alerts`` (the open ones, as dicts) and ``reference`` per kind ({"policy", "since_ms", ...}) at
+        ``now_ms`` (default: the last boundary)."""
+        open_alerts = [a.to_dict() for (c, _), a in self._open.items() if c == cluster]
         changed = self._changed.get(cluster)
         return {
             "cluster": cluster, "ts_ms": self._evaluated, "scores": dict(self._scores.get(cluster, {})),
             "evidence": dict(self._evidence_of().get(cluster, {})),
             "alerts": open_alerts,  # the open alerts (latest severity of each), as Alert.to_dict()
-            "reference": {k: self.reference(k) for k in KINDS},
+            "reference": {k: self.reference(k, now_ms) for k in KINDS},
             # as of the boundary where scores or alerts last changed (what the dataflow publishes)
             "changed_ms": changed[0] if changed is not None else None,
             "reference_at_change": changed[1] if changed is not None else None,
@@ -842,44 +986,207 @@ class DriftMonitor:
                 row[k] = v
         return ev
 
+
+class DriftMonitor:
+    """All four signals for every cluster, evaluated at each ``bucket_ms`` boundary of event time: one
+    :class:`ClusterDrift` with every cluster and the :class:`DriftCombiner` of its reports (what a sharded job
+    runs as several shards and one combiner, with the same results).
+
+    Event time is the largest ``ts_ms`` seen (late events are counted in their own bucket). ``on_*`` and
+    :meth:`advance` return the alerts raised by the evaluations their event time triggered.
+    """
+
+    def __init__(self, config: DriftConfig | None = None) -> None:
+        self.config = config or DriftConfig()
+        self.shard = ClusterDrift(self.config)
+        self.combiner = DriftCombiner(self.config)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle, also a monitor from before the split into a shard and a combiner (one object)."""
+        if "shard" in state:
+            self.__dict__.update(state)
+            return
+        self.__init__(state["config"])
+        shard, comb = self.shard, self.combiner
+        for part in (shard, comb):
+            part._eval_slots = dict(state.get("_eval_slots", {}))
+            part._now, part._evaluated, part._mark = state["_now"], state["_evaluated"], state["_mark"]
+        shard._engagement, shard._content, shard._pairs = state["_engagement"], state["_content"], state["_pairs"]
+        shard._pooled = dict(state.get("_pooled", {}))
+        comb._pooled = dict(shard._pooled)  # the same objects: the shard uses their windows, the combiner their CUSUMs
+        shard.updates = state["updates"]
+        comb._volume = state["_volume"]
+        gates = state.get("_gates", {})
+        for key, g in gates.items():
+            (shard if key[1] in SHARD_KINDS else comb)._gates[key] = g
+        last = state.get("_last", {})
+        shard._last, comb._last = {k: v for k, v in last.items() if k[1] in SHARD_KINDS}, dict(last)
+        for key, a in state.get("_open", {}).items():
+            if key in gates and gates[key].is_open:
+                comb._open[key] = a
+                if key[1] in SHARD_KINDS:
+                    shard._open[key] = a
+        comb._scores, comb._changed = state.get("_scores", {}), state.get("_changed", {})
+        comb._signature = state.get("_signature", {})
+
+    # -- inputs ------------------------------------------------------------------------------------------
+
+    def _alerts(self, reports: list[dict[str, Any]]) -> list[Alert]:
+        out: list[Alert] = []
+        for rep in reports:
+            out += self.combiner.evaluate([rep])
+        return out
+
+    def on_engagement(self, cluster: int, ts_ms: int, positive: bool) -> list[Alert]:
+        out = self._alerts(self.shard.on_engagement(cluster, ts_ms, positive))
+        self.combiner.on_volume(cluster, ts_ms)
+        return out
+
+    def on_engagements(self, cluster: int, ts_ms: int, n: int, positive: int) -> list[Alert]:
+        """``n`` engagements of one cluster in the bucket of ``ts_ms`` (the latest of them), ``positive`` of them
+        positive: the same as ``n`` calls of :meth:`on_engagement` within one bucket, at a fraction of the cost."""
+        out = self._alerts(self.shard.on_engagements(cluster, ts_ms, n, positive))
+        self.combiner.on_volume(cluster, ts_ms, n)
+        return out
+
+    def on_item(self, cluster: int, ts_ms: int, vector: np.ndarray, novel: bool) -> list[Alert]:
+        """A content item of ``cluster``. Its timestamp is a publish time, which may run ahead of the engagements
+        (a catalogue loaded in advance, scheduled content): it is counted in its own bucket but never moves event
+        time; engagements and triples do. Returns no alerts (kept a list for a uniform interface)."""
+        return self._alerts(self.shard.on_item(cluster, ts_ms, vector, novel))
+
+    def on_triple(self, c1: int, c2: int, c_next: int, ts_ms: int) -> list[Alert]:
+        return self._alerts(self.shard.on_triple(c1, c2, c_next, ts_ms))
+
+    def advance(self, ts_ms: int) -> list[Alert]:
+        """Move event time to ``ts_ms``; evaluate every cluster at each bucket boundary passed."""
+        return self._alerts(self.shard.advance(ts_ms))
+
+    def mark_reference(self, ts_ms: int, reason: str) -> None:
+        """Compare everything against the state as of ``ts_ms`` from now on (e.g. reason ``"refresh"``)."""
+        self.shard.mark_reference(ts_ms, reason)
+        self.combiner.mark_reference(ts_ms, reason)
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    @property
+    def now_ms(self) -> int | None:
+        """Event time the monitor has advanced to (None before the first ``advance``)."""
+        return self.shard.now_ms
+
+    @property
+    def updates(self) -> int:
+        return self.shard.updates
+
+    def reference(self, kind: str, now_ms: int | None = None) -> dict[str, Any]:
+        """{"policy", "since_ms"}: what ``kind`` is compared against at ``now_ms`` (default: now)."""
+        return self.combiner.reference(kind, self.shard.now_ms if now_ms is None else now_ms)
+
+    def scores(self) -> dict[int, dict[str, float]]:
+        """Score per cluster per kind at the last evaluation, normalised: 1.0 = at the warning threshold."""
+        return self.combiner.scores()
+
+    def status(self, cluster: int) -> dict[str, Any]:
+        """One cluster: ``scores`` (normalised, as :meth:`scores`), ``evidence`` per kind at the last evaluation,
+        ``alerts`` (the open ones, as dicts) and ``reference`` per kind ({"policy", "since_ms", ...})."""
+        return self.combiner.status(cluster, self.shard.now_ms)
+
+    def changed_at(self, cluster: int) -> int | None:
+        """The boundary at which ``cluster``'s status (scores rounded to 3 places, open alerts) last changed."""
+        return self.combiner.changed_at(cluster)
+
+    def changed_clusters(self) -> list[int]:
+        return self.combiner.changed_clusters()
+
+    def split(self, shards: int, shard_of: Callable[[int], int]) -> tuple[list[ClusterDrift], DriftCombiner]:
+        """This monitor as ``shards`` shards (cluster ``c`` in shard ``shard_of(c)``) and their combiner."""
+        comb = self.combiner
+        for c, p in list(comb._pooled.items()):  # the combiner keeps only the CUSUMs of the pooled tests
+            if p is self.shard._pooled.get(c):
+                q = comb._pooled[c] = comb._new_pooled()
+                q.load({**p.state(), "buckets": {}, "frozen": None})
+        return self.shard.split(shards, shard_of), comb
+
+    # the parts' state, for tests and tools that read it
+    _pairs = property(lambda self: self.shard._pairs)
+    _pooled = property(lambda self: self.shard._pooled)
+    _engagement = property(lambda self: self.shard._engagement)
+    _content = property(lambda self: self.shard._content)
+    _volume = property(lambda self: self.combiner._volume)
+    _evaluated = property(lambda self: self.shard._evaluated)
+    _last = property(lambda self: self.combiner._last)
+
+    @property
+    def _schedule(self) -> _PairSchedule:
+        return self.shard._schedule
+
+    @_schedule.setter
+    def _schedule(self, value: _PairSchedule) -> None:
+        self.shard._schedule = value
+
+    def _sync_pairs(self) -> None:
+        self.shard._sync_pairs()
+
     # -- recovery ------------------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
         """Plain picklable state (dicts, lists, numbers) for Bytewax recovery."""
+        shard, comb = self.shard, self.combiner
+        pooled = {}
+        for c in list(shard._pooled) + [c for c in comb._pooled if c not in shard._pooled]:
+            p, q = shard._pooled.get(c), comb._pooled.get(c)
+            st = (p or q).state()
+            if q is not None and q is not p:  # the CUSUM is the combiner's
+                qs = q.state()
+                st.update(s=qs["s"], run=qs["run"], held=qs["held"])
+                if p is None:
+                    st.update(buckets={}, frozen=None)
+            pooled[c] = st
+        gates = {**shard._gates, **comb._gates}
         return {
             "config": asdict(self.config),
-            "engagement": {c: e.state() for c, e in self._engagement.items()},
-            "content": {c: x.state() for c, x in self._content.items()},
-            "pairs": {p: t.state() for p, t in self._pairs.items()},
-            "pooled": {c: p.state() for c, p in self._pooled.items()},
-            "volume": self._volume.state(),
-            "gates": {k: (g.severity, g.opened_ms) for k, g in self._gates.items()},
-            "open": {k: a.to_dict() for k, a in self._open.items()},
-            "now": self._now, "evaluated": self._evaluated, "mark": self._mark, "updates": self.updates,
-            "changed": dict(self._changed), "signature": dict(self._signature),
+            "engagement": {c: e.state() for c, e in shard._engagement.items()},
+            "content": {c: x.state() for c, x in shard._content.items()},
+            "pairs": {p: t.state() for p, t in shard._pairs.items()},
+            "pooled": pooled,
+            "volume": comb._volume.state(),
+            "gates": {k: (gates[k].severity, gates[k].opened_ms) for k in sorted(gates, key=_key_order)},
+            "open": {k: a.to_dict() for k, a in comb._open.items()},
+            "now": shard._now, "evaluated": shard._evaluated, "mark": shard._mark, "updates": shard.updates,
+            "changed": dict(comb._changed), "signature": dict(comb._signature),
         }
 
     @classmethod
     def from_snapshot(cls, snap: dict[str, Any]) -> DriftMonitor:
         m = cls(DriftConfig(**snap["config"]))
-        cfg = m.config
+        cfg, shard, comb = m.config, m.shard, m.combiner
         for c, st in snap["engagement"].items():
-            m._engagement[c] = m._new_engagement().load(st)
+            shard._engagement[c] = shard._new_engagement().load(st)
         for c, st in snap["content"].items():
-            m._content[c] = m._new_content().load(st)
+            shard._content[c] = shard._new_content().load(st)
         for p, st in snap["pairs"].items():
-            m._pairs[p] = TransitionDrift(cfg.bucket_ms, m._keep, cfg.min_support["transition"], cfg.z).load(st)
+            shard._pairs[p] = TransitionDrift(cfg.bucket_ms, shard._keep, cfg.min_support["transition"],
+                                              cfg.z).load(st)
         for c, st in snap.get("pooled", {}).items():  # absent in a snapshot from before the pooled test
-            m._pooled[c] = m._new_pooled().load(st)
-        m._volume.load(snap["volume"])
+            shard._pooled[c] = shard._new_pooled().load(st)
+            comb._pooled[c] = comb._new_pooled().load({**st, "buckets": {}, "frozen": None})
+        comb._volume.load(snap["volume"])
         for (c, kind), (sev, opened) in snap["gates"].items():
             w = cfg.warning[kind]
-            g = m._gates[(c, kind)] = AlertGate(w, cfg.critical[kind], cfg.rearm_fraction * w, cfg.cooldown(kind))
+            g = AlertGate(w, cfg.critical[kind], cfg.rearm_fraction * w, cfg.cooldown(kind))
             g.severity, g.opened_ms = sev, opened
+            (shard if kind in SHARD_KINDS else comb)._gates[(c, kind)] = g
         for k, d in snap["open"].items():
-            m._open[k] = Alert(d["alert_id"], d["cluster"], d["kind"], d["score"], d["threshold"], d["severity"],
-                               d["window"]["start"], d["window"]["end"], d["evidence"], d["ts"], d["reference"])
-        m._now, m._evaluated, m._mark, m.updates = snap["now"], snap["evaluated"], snap["mark"], snap["updates"]
-        m._changed, m._signature = dict(snap.get("changed", {})), dict(snap.get("signature", {}))
-        m._mark = tuple(m._mark) if m._mark is not None else None
+            if snap["gates"].get(k, (None,))[0] is None:  # closed (not kept by this version)
+                continue
+            a = Alert(d["alert_id"], d["cluster"], d["kind"], d["score"], d["threshold"], d["severity"],
+                      d["window"]["start"], d["window"]["end"], d["evidence"], d["ts"], d["reference"])
+            comb._open[k] = a
+            if k[1] in SHARD_KINDS:
+                shard._open[k] = a
+        mark = tuple(snap["mark"]) if snap["mark"] is not None else None
+        for part in (shard, comb):
+            part._now, part._evaluated, part._mark = snap["now"], snap["evaluated"], mark
+        shard.updates = snap["updates"]
+        comb._changed, comb._signature = dict(snap.get("changed", {})), dict(snap.get("signature", {}))
         return m

@@ -211,6 +211,21 @@ class PooledTransitionDrift:
                         "universe": universe, "qref": qref, "observed": observed, "expected": expected}
         return moved_o, moved_e
 
+    @property
+    def last_ms(self) -> int | None:
+        """End of the span last scored (staged)."""
+        return self._last_ms
+
+    def take_staged(self) -> dict[str, Any]:
+        """What :meth:`stage` worked out for :meth:`prepare` (the scratch of this evaluation), handed over and
+        dropped here: a sharded monitor stages on the cluster's shard and prepares on the combiner."""
+        st, self._staged = self._staged, {"n_ref": 0, "new": Counter(), "qref": {}}
+        return st
+
+    def receive(self, staged: dict[str, Any], last_ms: int | None) -> None:
+        """Take a staging done elsewhere (:meth:`take_staged` of the cluster's windows) before :meth:`prepare`."""
+        self._staged, self._last_ms = staged, last_ms
+
     def prepare(self, others: tuple[Mapping[Any, float], Mapping[Any, float]] | OtherClusters | None = None
                 ) -> float | None:
         """The log-likelihood ratio of the new triples (not yet in the CUSUM), per triple; None without new

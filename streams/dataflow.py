@@ -113,6 +113,7 @@ def build_flow(
     half_lives_ms: tuple[float, ...] = DEFAULT_HALF_LIVES_MS,
     trend_window_ms: int = 86_400_000,
     engagement_partitions: int = 1,
+    drift_shards: int | None = None,
     flow_id: str = "driftrag",
 ) -> Dataflow:
     flow = Dataflow(flow_id)
@@ -152,7 +153,8 @@ def build_flow(
     drift_status = scored = None
     if drift_monitor is not None:
         alerts, drift_status, cadence_events, scored = drift_alerts_and_status(
-            items, clustered, triples, drift_monitor, cadence, engagement_partitions)
+            items, clustered, triples, drift_monitor, cadence, engagement_partitions,
+            clustering.shards if drift_shards is None else drift_shards)
         alerts = count("count_alerts", alerts, ("drift", "out"))
         cadence_events = count("count_cadence", cadence_events, ("drift", "out"))
         drift_status = count("count_drift_status", drift_status, ("drift", "out"), *index)

@@ -2,19 +2,27 @@
 
     EmbeddedItem | ClusteredEngagement | Triple
       -> drift_observations   per batch: compact (kind, cluster, ts, ...) tuples
-      -> monitor_drift        one DriftMonitor over every cluster (volume is a share of all traffic)
+      -> monitor_drift        one key: the event-time hold, each complete hour in a canonical order, and the
+           |                  CadenceController over the triples (a fine-tune marks a new drift reference)
+           -> CadenceEvent (rag_refresh | fine_tune) -> cadence topic / cadence.jsonl, metrics
+           -> ScoredTriple (the triples in that order)  -> the successor estimates' transition scores
+      -> drift_shards         key = cluster % shards: each cluster's engagement and content signals, the pairs
+           |                  into it (pair JSD) and its pooled test's windows (ClusterDrift); every shard sees
+           |                  every boundary and reports each one
+      -> combine_drift        one key: waits for every shard's report of a boundary, then volume shares, the
+                              pooled tests against the other clusters, gates and status (DriftCombiner)
            -> Alert                          -> drift-alerts topic / alerts.jsonl, webhook, metrics
            -> drift:{cluster} mutation       -> the live index (GET /v1/drift, /v1/clusters/{id})
-      -> (same step) CadenceController over the triples
-           -> CadenceEvent (rag_refresh | fine_tune) -> cadence topic / cadence.jsonl, metrics
-              a fine-tune re-bases the monitor: drift is then measured against what the new model learned
 
-The monitor sees all clusters, so it is one keyed step; it gets whole batches (one call per batch, a few
-Python-level calls per event), which keeps it off the per-event Bytewax path.
+The shards hold the state that grows with clusters and pairs, spread over the workers; the two one-key steps
+handle a few calls per cluster and hour. Every step gets whole batches (one call per batch), which keeps drift
+off the per-event Bytewax path. The alerts and statuses do not depend on the number of shards: the combiner
+reads every shard's report of a boundary in shard order and sums across clusters in cluster order.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,9 +35,12 @@ from index.mutations import Mutation, drift_mutation
 from operators.alerts import KINDS, Alert
 from operators.cadence import CadenceEvent
 from operators.content import EmbeddedItem
+from operators.drift import ClusterDrift, DriftCombiner
 from streams.content_stage import ClusteredEngagement
 from streams.errors import guard_redo
 from streams.transitions_stage import ScoredTriple, Triple
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DRIFT_ALERTS", "drift_alerts_and_status", "observe"]
 
@@ -157,22 +168,62 @@ def _ts_key(o: tuple) -> tuple:
     return (o[2], 0, o[1], bool(o[3]), o[4])
 
 
-def _feed(monitor: Any, obs: list[tuple], cadence: Any, hold: Hold) -> tuple[list[Any], int | None]:
+class DriftOrder:
+    """The ordering step's state: the event-time hold, the cadence controller, whether any hour was fed (event
+    time starts with the data, not with the hold's first estimate), and the number of shards the clusters are
+    spread over (fixed for the life of a recovery store: the shards' state is where the clusters are)."""
+
+    __slots__ = ("cadence", "hold", "shards", "started")
+
+    def __init__(self, hold: Hold, cadence: Any = None, started: bool = False, shards: int | None = None) -> None:
+        self.hold, self.cadence, self.started, self.shards = hold, cadence, started, shards
+
+    def __getstate__(self) -> tuple:
+        return self.hold, self.cadence, self.started, self.shards
+
+    def __setstate__(self, state: tuple) -> None:
+        self.hold, self.cadence, self.started, self.shards = state
+
+
+def order(state: DriftOrder, obs: list[tuple], bucket_ms: int, shards: int) -> tuple[list[list[tuple]], list[Any]]:
     """Feed complete hour buckets (see :class:`Hold`), oldest first, each in a canonical order (event time, then
-    cluster), engagements summed per cluster: one monitor call per cluster and hour, not per event.
-    The cadence controller, when given, sees the triples and the same event time; its events join the alerts.
-    Each triple also goes out again as a ScoredTriple, in that canonical order: the successor estimates score
-    their transitions in it (streams/transitions_stage.py)."""
-    bucket_ms = monitor.config.bucket_ms
-    buckets = hold.add(obs, bucket_ms)
-    alerts: list[Any] = []
-    latest = None
-    for rows in buckets:
+    cluster), engagements summed per cluster: one shard call per cluster and hour, not per event.
+
+    Returns (ops per shard, outputs). A shard's ops, in order: ``("a", ts)`` advance event time (every shard gets
+    every one, so all evaluate the same boundaries), ``("t", c1, c2, c_next, ts)`` a triple (to the shard of
+    c2), ``("e", cluster, ts, n, positive)`` an hour's engagements of a cluster, ``("i", cluster, ts, vector,
+    novel)`` an item, ``("m", ts, reason)`` a new reference (every shard), and ``("r", op)`` an op the shard
+    passes on to the combiner with its next report (shard 0 only: the volume counts ``("v", cluster, ts, n)``
+    and the marks, in the order they happened). Outputs: each triple again as a ScoredTriple in the canonical
+    order (the successor estimates score their transitions in it, streams/transitions_stage.py), and the cadence
+    controller's events (it sees the triples and event time first: a fine-tune marks a new reference)."""
+    hold, cadence = state.hold, state.cadence
+    ops: list[list[tuple]] = [[] for _ in range(shards)]
+    out: list[Any] = []
+
+    def everywhere(op: tuple) -> None:
+        for o in ops:
+            o.append(op)
+
+    def cadence_events(events: list[Any]) -> None:
+        for ev in events:
+            CADENCE_EVENTS.labels(ev.kind).inc()
+            if ev.kind == "fine_tune":
+                # a fine-tune re-bases the monitor: drift is then measured against what the new model learned
+                mark = ("m", ev.ts_ms, "fine-tune")
+                everywhere(mark)
+                ops[0].append(("r", mark))
+            else:
+                CADENCE_PAIRS.inc(len(ev.pairs))
+            out.append(ev)
+
+    for rows in hold.add(obs, bucket_ms):
         rows.sort(key=_ts_key)
         # Hours before this one are complete: evaluate their boundaries before this hour's rows are fed, so what
         # an evaluation sees does not depend on how many hours one call brings.
         first = rows[0]
-        alerts += monitor.advance((first[4] if first[0] == "t" else first[2]) // bucket_ms * bucket_ms)
+        everywhere(("a", (first[4] if first[0] == "t" else first[2]) // bucket_ms * bucket_ms))
+        state.started = True
         engaged: dict[int, list[int]] = {}  # cluster -> [n, positive, latest ts]
         for o in rows:
             kind = o[0]
@@ -186,75 +237,186 @@ def _feed(monitor: Any, obs: list[tuple], cadence: Any, hold: Hold) -> tuple[lis
                     if o[2] > row[2]:
                         row[2] = o[2]
             elif kind == "t":
-                alerts.append(ScoredTriple(o[1], o[2], o[3], o[4], o[6] if len(o) > 6 else ""))
-                alerts += monitor.on_triple(o[1], o[2], o[3], o[4])
+                out.append(ScoredTriple(o[1], o[2], o[3], o[4], o[6] if len(o) > 6 else ""))
+                ops[o[2] % shards].append(("t", o[1], o[2], o[3], o[4]))
                 if cadence is not None:
-                    alerts += _cadence_events(cadence.on_triple(o[1], o[2], o[3], o[4]), monitor)
+                    cadence_events(cadence.on_triple(o[1], o[2], o[3], o[4]))
             else:
-                alerts += monitor.on_item(o[1], o[2], o[3], o[4])
+                ops[o[1] % shards].append(("i", o[1], o[2], o[3], o[4]))
+        relay = ops[0]
         for cluster in sorted(engaged):
             n, pos, ts = engaged[cluster]
-            alerts += monitor.on_engagements(cluster, ts, n, pos)
+            ops[cluster % shards].append(("e", cluster, ts, n, pos))
+            relay.append(("r", ("v", cluster, ts, n)))
         # Event time moves with engagements (and their triples), never with content publish times.
         top = max((o[2] if o[0] == "e" else o[4] for o in rows if o[0] != "i"), default=None)
         if top is not None:
-            latest = top if latest is None or top > latest else latest
-            alerts += monitor.advance(top)
+            everywhere(("a", top))
             if cadence is not None:
-                alerts += _cadence_events(cadence.advance(top), monitor)
-    if hold.complete_until is not None and monitor.now_ms is not None:
+                cadence_events(cadence.advance(top))
+    if hold.complete_until is not None and state.started:
         # Every hour before this boundary is complete: score it now, not when the next hour's data is fed
-        # (which, at the end of a replay, never comes), also when no hour came complete in this call. Not before
-        # any hour has been fed: event time starts with the data, not with the hold's first estimate.
+        # (which, at the end of a replay, never comes), also when no hour came complete in this call.
         boundary = hold.complete_until * bucket_ms
-        alerts += monitor.advance(boundary)
+        everywhere(("a", boundary))
         if cadence is not None:
-            alerts += _cadence_events(cadence.advance(boundary), monitor)
-        latest = boundary if latest is None or boundary > latest else latest
-    return alerts, latest
+            cadence_events(cadence.advance(boundary))
+    if cadence is not None:
+        CADENCE_DEBT.set(cadence.debt)
+    return ops, out
 
 
-def _cadence_events(events: list[Any], monitor: Any) -> list[Any]:
-    for ev in events:
-        CADENCE_EVENTS.labels(ev.kind).inc()
-        if ev.kind == "fine_tune":
-            monitor.mark_reference(ev.ts_ms, "fine-tune")
-        else:
-            CADENCE_PAIRS.inc(len(ev.pairs))
-    return events
+def feed_monitor(monitor: Any, obs: list[tuple], state: DriftOrder) -> tuple[list[Any], int | None]:
+    """:func:`order` into one in-process :class:`operators.drift.DriftMonitor` (every cluster, its own combiner):
+    what the three drift steps compute, without a dataflow. Returns (alerts, ScoredTriples and cadence events in
+    the order they arose; the latest event time fed)."""
+    ops, out = order(state, obs, monitor.config.bucket_ms, 1)
+    latest = None
+    for op_ in ops[0]:
+        kind = op_[0]
+        if kind == "a":
+            out += monitor.advance(op_[1])
+            latest = op_[1] if latest is None or op_[1] > latest else latest
+        elif kind == "t":
+            out += monitor.on_triple(op_[1], op_[2], op_[3], op_[4])
+        elif kind == "e":
+            out += monitor.on_engagements(op_[1], op_[2], op_[3], op_[4])
+        elif kind == "i":
+            out += monitor.on_item(op_[1], op_[2], op_[3], op_[4])
+        elif kind == "m":
+            monitor.mark_reference(op_[1], op_[2])
+        # "r": the combiner's copy of the volume counts and marks, which the monitor took above
+    return out, latest
 
 
-def _monitor_step(make_monitor: Callable[[], Any], make_cadence: Callable[[], Any] | None = None,  # noqa: ANN202
-                  partitions: int = 1):
-    def step(state: tuple | None, obs: list[tuple]) -> tuple[tuple, list[Any]]:
+def _feed(monitor: Any, obs: list[tuple], cadence: Any, hold: Hold) -> tuple[list[Any], int | None]:
+    """:func:`feed_monitor` with a fresh ordering state around ``hold`` and ``cadence``."""
+    return feed_monitor(monitor, obs, DriftOrder(hold, cadence, monitor.now_ms is not None))
+
+
+def _order_step(bucket_ms: int, shards: int, make_cadence: Callable[[], Any] | None,  # noqa: ANN202
+                partitions: int):
+    def step(state: Any, obs: list[tuple]) -> tuple[DriftOrder, list[Any]]:
+        handover: list[list[tuple]] = [[] for _ in range(shards)]
         if state is None:
-            state = (make_monitor(), {})
-        if len(state) == 2:  # new, or recovered from a version without the cadence controller and the hold
-            state = (*state, make_cadence() if make_cadence is not None else None, Hold(partitions))
-        monitor, sent_at, cadence, hold = state
-        if not hasattr(hold, "partitions"):  # recovered from the version with one watermark
-            hold = Hold.upgrade(hold, partitions)
-        out, latest = _feed(monitor, obs, cadence, hold)
-        alerts = [a for a in out if type(a) is Alert]
-        for a in alerts:
+            state = DriftOrder(Hold(partitions), make_cadence() if make_cadence is not None else None, shards=shards)
+        elif isinstance(state, tuple):  # recovered from the version with one monitor step: spread it over the shards
+            state, handover = _from_one_monitor(state, shards, partitions, make_cadence)
+        n = state.shards
+        if n != shards and not warned:
+            log.warning("drift: the recovery store spreads the clusters over %d shards; keeping %d, not the %d "
+                        "configured (a fresh store takes the new number)", n, n, shards)
+            warned.append(True)
+        ops, out = order(state, obs, bucket_ms, n)
+        sent = [(str(i), [("n", i, n), *(handover[i] if i < len(handover) else ()), *o])
+                for i, o in enumerate(ops) if o or (i < len(handover) and handover[i])]
+        return state, [*sent, *out]
+
+    warned: list[bool] = []
+
+    return step
+
+
+def _from_one_monitor(state: tuple, shards: int, partitions: int, make_cadence: Callable[[], Any] | None
+                      ) -> tuple[DriftOrder, list[list[tuple]]]:
+    """The state of the single drift step of earlier versions, (monitor, sent_at[, cadence, hold]), as this
+    step's state and the ops that hand each shard its clusters and the combiner the rest."""
+    monitor, sent_at = state[0], state[1]
+    cadence, hold = (state[2], state[3]) if len(state) > 2 else (None, Hold(partitions))
+    if cadence is None and make_cadence is not None:
+        cadence = make_cadence()
+    if not hasattr(hold, "partitions"):  # recovered from the version with one watermark
+        hold = Hold.upgrade(hold, partitions)
+    parts, combiner = monitor.split(shards, lambda c: c % shards)
+    handover = [[("adopt", p)] for p in parts]
+    handover[0].append(("r", ("adopt", combiner, sent_at)))
+    return DriftOrder(hold, cadence, monitor.now_ms is not None, shards), handover
+
+
+def _shard_step(make_shard: Callable[[], ClusterDrift]):  # noqa: ANN202
+    """One drift shard: its clusters' signals (operators.drift.ClusterDrift); a report per boundary."""
+    def step(state: list | None, ops: list[tuple]) -> tuple[list, list[dict[str, Any]]]:
+        if state is None:  # the shard, the ops waiting to be passed on with its next report, (index, shards)
+            state = [make_shard(), [], (0, 1)]
+        out: list[dict[str, Any]] = []
+        for op_ in ops:
+            shard = state[0]
+            kind = op_[0]
+            if kind == "a":
+                reports = shard.advance(op_[1])
+            elif kind == "t":
+                reports = shard.on_triple(op_[1], op_[2], op_[3], op_[4])
+            elif kind == "e":
+                reports = shard.on_engagements(op_[1], op_[2], op_[3], op_[4])
+            elif kind == "i":
+                reports = shard.on_item(op_[1], op_[2], op_[3], op_[4])
+            elif kind == "m":
+                shard.mark_reference(op_[1], op_[2])
+                continue
+            elif kind == "r":
+                state[1].append(op_[1])
+                continue
+            elif kind == "n":
+                state[2] = op_[1], op_[2]
+                continue
+            elif kind == "adopt":
+                state[0] = op_[1]
+                continue
+            else:
+                raise ValueError(f"unknown drift shard op {kind!r}")
+            for rep in reports:
+                (rep["shard"], rep["shards"]), rep["ops"] = state[2], state[1]
+                state[1] = []
+                out.append(rep)
+        return state, out
+
+    return step
+
+
+def _combine_step(make_combiner: Callable[[], DriftCombiner]):  # noqa: ANN202
+    """The combiner: every shard's report of a boundary (they come in boundary order from each shard; each says
+    how many shards there are), then the alerts of that boundary and the status of every cluster whose status
+    changed."""
+    def step(state: list | None, reports: list[dict[str, Any]]) -> tuple[list, list[Any]]:
+        if state is None:
+            state = [make_combiner(), {}, {}]  # the combiner, boundary -> {shard: report}, cluster -> sent at
+        waiting = state[1]
+        for rep in reports:
+            waiting.setdefault(rep["now"], {})[rep["shard"]] = rep
+        out: list[Any] = []
+        for now in sorted(waiting):
+            got = waiting[now]
+            if len(got) < next(iter(got.values()))["shards"]:
+                break  # an earlier boundary waits for a shard: the later ones wait behind it
+            del waiting[now]
+            ordered = [got[i] for i in sorted(got)]
+            for rep in ordered:  # what happened before this boundary: engagement counts, marks (shard 0 relays)
+                for op_ in rep["ops"]:
+                    comb = state[0]
+                    if op_[0] == "v":
+                        comb.on_volume(op_[1], op_[2], op_[3])
+                    elif op_[0] == "m":
+                        comb.mark_reference(op_[1], op_[2])
+                    elif op_[0] == "adopt":
+                        state[0], state[2] = op_[1], dict(op_[2])
+            out += state[0].evaluate(ordered)
+        comb, sent_at = state[0], state[2]
+        for a in out:
             DRIFT_ALERTS.labels(a.kind, a.severity).inc()
-        if cadence is not None:
-            CADENCE_DEBT.set(cadence.debt)
-        scores = monitor.scores()  # for the gauge below
         # A status goes out when the monitor saw it change (scores, a lapsed score, open alerts), as of the
         # boundary where it changed: what the index ends with must not depend on how the calls split the stream.
-        # (sent_at: cluster -> boundary of the last status sent; a dict of scores in an older recovered state.)
-        for c in monitor.changed_clusters():
-            at = monitor.changed_at(c)
+        for c in comb.changed_clusters():
+            at = comb.changed_at(c)
             if sent_at.get(c) == at:
                 continue
-            st = monitor.status(c)
+            st = comb.status(c)
             out.append(drift_mutation(c, scores=st["scores_at_change"], alerts=[_alert_json(a) for a in st["alerts"]],
                                       reference=st["reference_at_change"], ts_ms=at))
             sent_at[c] = at
+        scores = comb.scores()
         for kind in KINDS:
             DRIFT_SCORE.labels(kind).set(max((s.get(kind, 0.0) for s in scores.values()), default=0.0))
-        return (monitor, sent_at, cadence, hold), out
+        return state, out
 
     return step
 
@@ -265,16 +427,28 @@ def _alert_json(a: Any) -> dict[str, Any]:
 
 def drift_alerts_and_status(items: Stream[EmbeddedItem], clustered: Stream[ClusteredEngagement],
                             triples: Stream[Triple], make_monitor: Callable[[], Any],
-                            make_cadence: Callable[[], Any] | None = None, partitions: int = 1
+                            make_cadence: Callable[[], Any] | None = None, partitions: int = 1, shards: int = 1
                             ) -> tuple[Stream[Alert], Stream[Mutation], Stream[Any], Stream[ScoredTriple]]:
     """Wire the drift monitor (and the cadence controller); returns (alerts, drift status mutations for the live
-    index, cadence events, the triples in the hold's canonical order). ``partitions``: of the engagements source,
-    waited for by the event-time hold."""
+    index, cadence events, the triples in the hold's canonical order). ``make_monitor``: a DriftMonitor (its
+    config is what counts); ``partitions``: of the engagements source, waited for by the event-time hold;
+    ``shards``: how many keys the clusters are spread over (cluster c on shard c % shards; results do not depend
+    on it)."""
+    config = make_monitor().config
     merged = op.merge("drift_inputs", items, clustered, triples)
     keyed = op.flat_map_batch("drift_observations", merged, observe)
-    step = guard_redo("monitor_drift", _monitor_step(make_monitor, make_cadence, partitions))
-    out = op.flat_map_batch("unkey_drift", op.stateful_flat_map("monitor_drift", keyed, step),
-                            lambda batch: [v for _, v in batch])
+    # (step id "monitor_drift" is the single drift step of earlier versions: its recovered state is handed over)
+    ordered = op.stateful_flat_map("monitor_drift", keyed, guard_redo(
+        "order_drift", _order_step(config.bucket_ms, shards, make_cadence, partitions)))
+    to_shards = op.branch("split_shard_ops", op.flat_map_batch("unkey_order", ordered, lambda b: [v for _, v in b]),
+                          lambda x: type(x) is tuple)
+    shard_reports = op.stateful_flat_map("drift_shards", to_shards.trues, guard_redo(
+        "monitor_drift", _shard_step(lambda: ClusterDrift(config))))
+    to_combiner = op.flat_map_batch("drift_reports", shard_reports, lambda batch: [("drift", [r for _, r in batch])])
+    combined = op.stateful_flat_map("combine_drift", to_combiner, guard_redo(
+        "combine_drift", _combine_step(lambda: DriftCombiner(config))))
+    out = op.merge("drift_outputs", op.flat_map_batch("unkey_drift", combined, lambda batch: [v for _, v in batch]),
+                   to_shards.falses)
     scored = op.branch("split_scored", out, lambda x: type(x) is ScoredTriple)
     split = op.branch("split_alerts", scored.falses, lambda x: type(x) is Alert)
     rest = op.branch("split_cadence", split.falses, lambda x: type(x) is CadenceEvent)

@@ -249,6 +249,7 @@ class Job:
             cadence_sink=exact("cadence", cadence_sink, [out / "cadence.jsonl"] if file_mode else [],
                                keep=[_ListKept(self.finetunes)]) if cadence_sink is not None else None,
             engagement_partitions=self._engagement_partitions(),
+            drift_shards=settings.drift.shards,
             half_lives_ms=settings.transitions.half_lives(),
             trend_window_ms=settings.transitions.trend_window_ms,
         )

@@ -271,6 +271,9 @@ class DriftSettings(BaseModel):
     critical: dict[str, float] = Field(default_factory=dict)  # score at which it escalates
     min_support: dict[str, int] = Field(default_factory=dict)  # observations a window needs to be scored
     cooldown_ms: int | None = Field(None, ge=0)  # no new alert of a (cluster, kind) this long after one opened
+    # Keys the clusters' drift state is spread over (cluster c on key c % shards, streams/drift_stage.py); None:
+    # one per worker. Alerts and statuses do not depend on it.
+    shards: int | None = Field(None, ge=1, le=4096)
 
     def config(self) -> Any:
         """The DriftConfig these settings describe (defaults: the calibrated ones, see bench/drift_eval.py)."""

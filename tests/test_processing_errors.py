@@ -74,9 +74,9 @@ def test_a_record_that_fails_in_a_step_is_dead_lettered_and_the_rest_is_unchange
 
 
 def test_a_failure_inside_the_drift_monitor_leaves_it_whole(workload, tmp_path, monkeypatch):
-    """The drift step keeps one monitor for every cluster, changed in place. A triple that fails after it changed
-    the monitor is undone from the step's redo log: the run ends exactly as one whose monitor never saw it."""
-    real = drift_mod.DriftMonitor.on_triple
+    """A drift shard keeps its clusters' state, changed in place. A triple that fails after it changed the shard
+    is undone from the step's redo log: the run ends exactly as one whose monitor never saw it."""
+    real = drift_mod.ClusterDrift.on_triple
     chosen: list = []
 
     def fake(fail: bool):  # noqa: ANN202
@@ -95,7 +95,7 @@ def test_a_failure_inside_the_drift_monitor_leaves_it_whole(workload, tmp_path, 
     outs = {}
     for name, fail in (("skipped", False), ("failed", True)):
         chosen.clear()
-        monkeypatch.setattr(drift_mod.DriftMonitor, "on_triple", fake(fail))
+        monkeypatch.setattr(drift_mod.ClusterDrift, "on_triple", fake(fail))
         rc, summary = _replay(workload, "engagements.jsonl", tmp_path / name, tmp_path / "cb")
         assert rc == 0 and chosen
         outs[name] = summary

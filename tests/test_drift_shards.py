@@ -1,0 +1,283 @@
+"""Drift sharded by cluster (issue #16): the ordering step, N shards and the combiner give what one monitor with
+every cluster gives, alert for alert and status for status, on streams we did not write (hypothesis, with
+collisions on every key and fine-tunes that move the reference), and on a real replay."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from operators.alerts import Alert
+from operators.cadence import CadenceConfig, CadenceController, CadenceEvent
+from operators.drift import ClusterDrift, DriftCombiner, DriftConfig, DriftMonitor
+from streams.cli import main
+from streams.drift_stage import DriftOrder, Hold, _combine_step, _order_step, _shard_step, feed_monitor
+from streams.generator import GeneratorConfig, write_files
+
+HOUR = 3_600_000
+T0 = 1_700_000_000_000 // HOUR * HOUR
+VECTORS = [v / np.linalg.norm(v) for v in np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)]
+
+
+def sensitive() -> DriftConfig:
+    """Floors and thresholds low enough for a few hundred events to be scored and alerted (as test_properties)."""
+    d = DriftConfig()
+    return DriftConfig(min_support={"transition": 2, "engagement": 2, "content": 1, "volume": 2}, min_total=4,
+                       min_reference_items=1, warning={k: v / 50 for k, v in d.warning.items()},
+                       critical={k: v / 25 for k, v in d.critical.items()}, cooldown_ms=0)
+
+
+def cadence() -> CadenceController:
+    return CadenceController(CadenceConfig(min_support=1.0, min_change=0.01, refresh_cost=0.0, finetune_cost=0.5,
+                                           min_finetune_interval_ms=0))
+
+
+class Sharded:
+    """The three drift steps of the dataflow (streams/drift_stage.py) called in process, without their error
+    guards: the order step's ops go to each shard, the shards' reports to the combiner."""
+
+    def __init__(self, config: DriftConfig, shards: int, order_state: Any = None) -> None:
+        self.order = _order_step(config.bucket_ms, shards, cadence, 1)
+        self.shard = _shard_step(lambda: ClusterDrift(config))
+        self.combine = _combine_step(lambda: DriftCombiner(config))
+        self.order_state, self.shard_states, self.combine_state = order_state, {}, None
+        self.alerts: list[Alert] = []
+        self.status: dict[int, Any] = {}  # cluster -> the last drift mutation's value
+        self.cadence: list[CadenceEvent] = []
+        self.scored: list[Any] = []
+
+    def feed(self, obs: list[tuple]) -> None:
+        self.order_state, out = self.order(self.order_state, obs)
+        reports = []
+        for x in out:
+            if type(x) is tuple:
+                key, ops = x
+                self.shard_states[key], reps = self.shard(self.shard_states.get(key), ops)
+                reports += reps
+            elif type(x) is CadenceEvent:
+                self.cadence.append(x)
+            else:
+                self.scored.append(x)
+        if reports:
+            self.combine_state, out = self.combine(self.combine_state, reports)
+            for x in out:
+                if type(x) is Alert:
+                    self.alerts.append(x)
+                else:
+                    self.status[x.value["cluster"]] = x.value
+
+    def statuses(self) -> dict[int, dict[str, Any]]:
+        if self.combine_state is None:  # no boundary evaluated yet
+            return {}
+        comb = self.combine_state[0]
+        return {c: _stable(comb.status(c)) for c in comb.changed_clusters()}
+
+
+class Single:
+    """One DriftMonitor with every cluster, fed by the same ordering (streams.drift_stage.feed_monitor)."""
+
+    def __init__(self, config: DriftConfig) -> None:
+        self.monitor = DriftMonitor(config)
+        self.state = DriftOrder(Hold(1), cadence())
+        self.alerts: list[Alert] = []
+        self.cadence: list[CadenceEvent] = []
+        self.scored: list[Any] = []
+
+    def feed(self, obs: list[tuple]) -> None:
+        out, _ = feed_monitor(self.monitor, obs, self.state)
+        for x in out:
+            (self.alerts if type(x) is Alert else self.cadence if type(x) is CadenceEvent else self.scored).append(x)
+
+    def statuses(self) -> dict[int, dict[str, Any]]:
+        return {c: _stable(self.monitor.combiner.status(c)) for c in self.monitor.changed_clusters()}
+
+
+def _stable(status: dict[str, Any]) -> dict[str, Any]:
+    """A status without what depends on the caller's clock (``reference`` at the caller's now)."""
+    return {k: v for k, v in status.items() if k != "reference"}
+
+
+def _alerts(alerts: list[Alert]) -> list[dict]:
+    return [a.to_dict() for a in alerts]
+
+
+def _stream(rng: np.random.Generator, hours: int, clusters: int, per_hour: int) -> list[tuple]:
+    """Observations as drift_observations makes them: ("e", cluster, ts, positive, partition), ("t", c1, c2,
+    c_next, ts, partition, user), ("i", cluster, ts, vector, novel, item). Few clusters, few users, whole-minute
+    times: collisions on every sort key. Cluster 1's successors and positive rate change half-way."""
+    obs: list[tuple] = []
+    for h in range(hours):
+        late = h >= hours // 2
+        for _ in range(per_hour):
+            ts = T0 + h * HOUR + int(rng.integers(4)) * 60_000
+            c = int(rng.integers(clusters))
+            pos = bool(rng.random() < (0.2 if late and c == 1 else 0.6))
+            obs.append(("e", c, ts, pos, 0))
+            if clusters >= 3 and rng.random() < 0.7:  # a transition triple: three distinct clusters
+                c1 = (c + 1 + int(rng.integers(clusters - 1))) % clusters
+                rest = [x for x in range(clusters) if x not in (c1, c)]
+                nxt = rest[0] if late and c == 1 else rest[int(rng.integers(len(rest)))]
+                obs.append(("t", c1, c, nxt, ts, 0, f"u{int(rng.integers(5))}"))
+            if rng.random() < 0.1:
+                obs.append(("i", c, ts, VECTORS[int(rng.integers(len(VECTORS)))], bool(rng.random() < 0.3),
+                            f"it{int(rng.integers(20))}"))
+    return obs
+
+
+def _batches(obs: list[tuple], sizes: list[int]) -> list[list[tuple]]:
+    out, i, k = [], 0, 0
+    while i < len(obs):
+        n = sizes[k % len(sizes)]
+        out.append(obs[i:i + n])
+        i, k = i + n, k + 1
+    return out
+
+
+def _run(runner: Any, batches: list[list[tuple]]) -> Any:
+    for b in batches:
+        runner.feed(b)
+    return runner
+
+
+def _same(a: Any, b: Any) -> None:
+    assert _alerts(a.alerts) == _alerts(b.alerts)
+    assert [(e.kind, e.ts_ms) for e in a.cadence] == [(e.kind, e.ts_ms) for e in b.cadence]
+    assert a.scored == b.scored
+    assert a.statuses() == b.statuses()
+
+
+def test_shards_give_what_one_monitor_gives_with_alerts_and_fine_tunes():
+    rng = np.random.default_rng(3)
+    batches = _batches(_stream(rng, hours=200, clusters=6, per_hour=12), [97, 13, 400, 1])
+    one = _run(Single(sensitive()), batches)
+    # not vacuous: every kind alerts, and fine-tunes move the reference (marks reach every shard)
+    assert {a.kind for a in one.alerts} == {"transition", "engagement", "content", "volume"}
+    assert any(e.kind == "fine_tune" for e in one.cadence)
+    assert any(s["reference_at_change"]["transition"]["policy"] == "fine-tune" for s in one.statuses().values())
+    for shards in (1, 2, 3, 7):
+        sharded = _run(Sharded(sensitive(), shards), batches)
+        _same(sharded, one)
+        assert len(sharded.shard_states) == shards
+        # the shards hold disjoint clusters: each cluster's state lives on cluster % shards
+        for key, (shard, _, (index, of)) in sharded.shard_states.items():
+            assert int(key) == index and of == shards
+            assert all(c % shards == index for c in shard._engagement)
+            assert all(c2 % shards == index for _, c2 in shard._pairs)
+        # the last status each cluster published is its status now
+        final = sharded.statuses()
+        assert {c: v["scores"] for c, v in sharded.status.items()} == \
+            {c: s["scores_at_change"] for c, s in final.items()}
+
+
+def test_default_thresholds_on_a_drifting_stream_alert_the_same():
+    rng = np.random.default_rng(5)
+    batches = _batches(_stream(rng, hours=240, clusters=5, per_hour=60), [500, 37])
+    one = _run(Single(DriftConfig()), batches)
+    assert one.alerts  # the planted change on cluster 1 alerts at the calibrated thresholds
+    _same(_run(Sharded(DriftConfig(), 4), batches), one)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), hours=st.integers(1, 150), clusters=st.integers(1, 7),
+       shards=st.integers(1, 6), sizes=st.lists(st.integers(1, 300), min_size=1, max_size=4))
+def test_any_stream_any_shard_count_any_batching(seed, hours, clusters, shards, sizes):
+    rng = np.random.default_rng(seed)
+    obs = _stream(rng, hours, clusters, per_hour=int(rng.integers(1, 10)))
+    rng.shuffle(obs[: len(obs) // 3])  # arrivals out of order within the hold's reach
+    batches = _batches(obs, sizes)
+    _same(_run(Sharded(sensitive(), shards), batches), _run(Single(sensitive()), batches))
+
+
+def test_a_recovered_single_monitor_is_handed_over_to_the_shards():
+    """The state of the one drift step of earlier versions, (monitor, sent_at, cadence, hold), recovered under
+    the same step id: the order step splits the monitor over the shards and the combiner, and the run goes on as
+    the monitor would have."""
+    rng = np.random.default_rng(8)
+    batches = _batches(_stream(rng, hours=160, clusters=6, per_hour=12), [120])
+    half = len(batches) // 2
+    one = _run(Single(sensitive()), batches[:half])
+    legacy = pickle.loads(pickle.dumps((one.monitor, {}, one.state.cadence, one.state.hold)))
+    alerts_before = len(one.alerts)
+    _run(one, batches[half:])
+    resumed = _run(Sharded(sensitive(), 3, order_state=legacy), batches[half:])
+    assert _alerts(resumed.alerts) == _alerts(one.alerts[alerts_before:]) and resumed.alerts
+    assert resumed.statuses() == one.statuses()
+
+
+def test_an_old_monitor_pickle_loads_as_shard_and_combiner():
+    """A DriftMonitor pickled before the split (one object with every signal) unpickles into the two parts and
+    goes on identically."""
+    rng = np.random.default_rng(4)
+    batches = _batches(_stream(rng, hours=120, clusters=5, per_hour=10), [80])
+    one = _run(Single(sensitive()), batches[: len(batches) // 2])
+    m = one.monitor
+    old = {"config": m.config, "_keep": m.shard._keep, "_engagement": m.shard._engagement,
+           "_content": m.shard._content, "_pairs": m.shard._pairs, "_pooled": m.shard._pooled,
+           "_volume": m.combiner._volume, "_gates": {**m.shard._gates, **m.combiner._gates},
+           "_open": dict(m.combiner._open), "_scores": m.combiner._scores, "_last": dict(m.combiner._last),
+           "_changed": m.combiner._changed, "_signature": m.combiner._signature, "_eval_slots": m.shard._eval_slots,
+           "_now": m.shard._now, "_evaluated": m.shard._evaluated, "_mark": m.shard._mark, "updates": m.updates}
+    if m.combiner._pooled.keys() - m.shard._pooled.keys():
+        pytest.skip("the combiner holds CUSUMs of clusters whose windows emptied: not a one-object state")
+    for c, p in m.shard._pooled.items():  # one object per cluster then: its windows and its CUSUM
+        q = m.combiner._pooled[c]
+        p._cusum, p._run_pairs = q._cusum, q._run_pairs
+    legacy = DriftMonitor.__new__(DriftMonitor)
+    legacy.__setstate__(pickle.loads(pickle.dumps(old)))
+    state = pickle.loads(pickle.dumps(one.state))
+    rest = batches[len(batches) // 2:]
+    out_a, _ = zip(*[feed_monitor(m, b, one.state) for b in rest], strict=True)
+    out_b, _ = zip(*[feed_monitor(legacy, b, state) for b in rest], strict=True)
+    assert [_alerts([x for x in o if type(x) is Alert]) for o in out_a] == \
+        [_alerts([x for x in o if type(x) is Alert]) for o in out_b]
+    assert {c: _stable(legacy.status(c)) for c in legacy.changed_clusters()} == \
+        {c: _stable(m.status(c)) for c in m.changed_clusters()}
+
+
+@pytest.mark.slow
+def test_a_replay_over_three_drift_shards_writes_what_one_writes(tmp_path: Path, monkeypatch) -> None:
+    """The real dataflow (Bytewax, the embedding model, the codebook): alerts, cadence signals and successor
+    tables byte for byte, with a fine-tune cost low enough that fine-tunes move the reference."""
+    data = tmp_path / "data"
+    write_files(GeneratorConfig(seed=5, events=30_000, n_users=3_000, scenario="drifting"), data)
+    summaries = {}
+    for shards in (1, 3):
+        monkeypatch.setenv("DRIFTRAG_DRIFT__SHARDS", str(shards))
+        out = tmp_path / f"s{shards}"
+        rc = main(["replay", "--events", str(data / "engagements.jsonl"), "--items", str(data / "items.jsonl"),
+                   "--codebook-dir", str(tmp_path / "cb"), "--out", str(out), "--finetune-cost", "1",
+                   "--progress-every", "60"])
+        assert rc == 0
+        summaries[shards] = json.loads((out / "summary.json").read_text())
+    assert summaries[1]["alerts"] > 0 and summaries[1]["cadence"]["fine_tune"] > 0
+    for name in ("alerts.jsonl", "cadence.jsonl", "successors.json", "events.jsonl"):
+        assert (tmp_path / "s1" / name).read_bytes() == (tmp_path / "s3" / name).read_bytes(), name
+    keep = ("alerts", "alerts_by_kind", "cadence", "triples", "pairs")
+    assert {k: summaries[1][k] for k in keep} == {k: summaries[3][k] for k in keep}
+    for k in ("version", "items", "pairs", "watermark_ts", "rejected_mutations"):
+        assert summaries[1]["index"][k] == summaries[3]["index"][k], k
+
+
+def test_a_store_keeps_its_shard_count_when_the_workers_change(caplog):
+    """The clusters' state lives on the shards it was spread over: a job resumed from a store with another
+    number of workers keeps the store's shard count (and says so), and goes on as before."""
+    rng = np.random.default_rng(6)
+    batches = _batches(_stream(rng, hours=150, clusters=6, per_hour=12), [150])
+    one = _run(Single(sensitive()), batches)
+    before = _run(Sharded(sensitive(), 3), batches[:10])
+    after = Sharded(sensitive(), 2)  # restarted with two workers
+    after.order_state, after.shard_states, after.combine_state = pickle.loads(pickle.dumps(
+        (before.order_state, before.shard_states, before.combine_state)))
+    after.alerts, after.cadence, after.scored = before.alerts, before.cadence, before.scored
+    with caplog.at_level("WARNING"):
+        _run(after, batches[10:])
+    assert "keeping 3, not the 2 configured" in caplog.text
+    assert len(after.shard_states) == 3
+    _same(after, one)
