@@ -15,11 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from operators.alerts import Alert
-from operators.cadence import CadenceConfig, CadenceController, CadenceEvent
+from operators.cadence import CadenceController, CadenceEvent
 from operators.drift import ClusterDrift, DriftCombiner, DriftConfig, DriftMonitor
 from streams.cli import main
 from streams.drift_stage import DriftOrder, Hold, _combine_step, _order_step, _shard_step, feed_monitor
 from streams.generator import GeneratorConfig, write_files
+from tests.test_properties import sensitive_cadence, sensitive_drift
 
 HOUR = 3_600_000
 T0 = 1_700_000_000_000 // HOUR * HOUR
@@ -27,16 +28,12 @@ VECTORS = [v / np.linalg.norm(v) for v in np.random.default_rng(0).standard_norm
 
 
 def sensitive() -> DriftConfig:
-    """Floors and thresholds low enough for a few hundred events to be scored and alerted (as test_properties)."""
-    d = DriftConfig()
-    return DriftConfig(min_support={"transition": 2, "engagement": 2, "content": 1, "volume": 2}, min_total=4,
-                       min_reference_items=1, warning={k: v / 50 for k, v in d.warning.items()},
-                       critical={k: v / 25 for k, v in d.critical.items()}, cooldown_ms=0)
+    """Floors and thresholds low enough for a few hundred events to be scored and alerted."""
+    return sensitive_drift()
 
 
 def cadence() -> CadenceController:
-    return CadenceController(CadenceConfig(min_support=1.0, min_change=0.01, refresh_cost=0.0, finetune_cost=0.5,
-                                           min_finetune_interval_ms=0))
+    return CadenceController(sensitive_cadence())
 
 
 class Sharded:
