@@ -40,6 +40,7 @@ from operators.microbatch import MicroBatcher
 from streams.contract import ContentEvent, Engagement
 from streams.errors import GuardedLogic, guard_batch
 from streams.metrics import NO_COUNTS, StepCounts, track_embed_queue
+from streams.routing import shard_keys
 
 CACHE_LOOKUPS = Counter("driftrag_embedding_cache_total",
                         "Embedding cache lookups: hit (memory), store (on disk), miss (embedded)", ["result"])
@@ -253,13 +254,14 @@ class ItemTally(StatefulBatchLogic):
 
 
 def stable_shard(key: str, shards: int) -> str:
-    """The shard of a user id or an item id (the join's and the transition rule's user shards, the content and
-    tally item shards): stable across processes and restarts (crc32, not Python's salted hash).
+    """The Bytewax key of the shard of a user id or an item id (the join's and the transition rule's user shards,
+    the content and tally item shards): stable across processes and restarts (crc32, not Python's salted hash),
+    one shard per worker (:func:`streams.routing.shard_keys`: each shard's key lands on its own worker).
 
     >>> stable_shard("u1", 4) == stable_shard("u1", 4), stable_shard("anyone", 1)
     (True, '0')
     """
-    return str(zlib.crc32(key.encode()) % shards) if shards > 1 else "0"
+    return shard_keys(shards)[zlib.crc32(key.encode()) % shards] if shards > 1 else "0"
 
 
 def cluster_events(events: Stream[Engagement | ContentEvent], config: ClusteringConfig,
@@ -279,12 +281,12 @@ def cluster_events(events: Stream[Engagement | ContentEvent], config: Clustering
     items = op.flat_map_batch("embed_and_assign", batches, counts.counting("items", guard_batch(
         "embed_and_assign", lambda kvs: embedder.embed([c for _, batch in kvs for c in batch]),
         split=lambda kvs: [(c, [("", [c])]) for _, batch in kvs for c in batch])))
-    shard_keys = [str(s) for s in range(shards)]
+    every_shard = shard_keys(shards)
     joined_in = op.merge(
         "items_and_engagements",
         # (item_id, cluster) only, not the vector and text: this goes to every shard, across processes too
         op.flat_map_batch("items_to_every_shard", items,
-                          lambda batch: [(k, (i.item_id, i.cluster, i.ts_ms)) for i in batch for k in shard_keys]),
+                          lambda batch: [(k, (i.item_id, i.cluster, i.ts_ms)) for i in batch for k in every_shard]),
         op.flat_map_batch("shard_engagements_by_user", events, shard_engagements_by_user(shards)),
     )
     def join(resume: tuple | None) -> UserShardJoin:

@@ -154,7 +154,7 @@ def build_flow(
     if drift_monitor is not None:
         alerts, drift_status, cadence_events, scored = drift_alerts_and_status(
             items, clustered, triples, drift_monitor, cadence, engagement_partitions,
-            clustering.shards if drift_shards is None else drift_shards)
+            clustering.shards if drift_shards is None else drift_shards, clustering.shards)
         alerts = count("count_alerts", alerts, ("drift", "out"))
         cadence_events = count("count_cadence", cadence_events, ("drift", "out"))
         drift_status = count("count_drift_status", drift_status, ("drift", "out"), *index)

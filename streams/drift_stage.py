@@ -38,6 +38,7 @@ from operators.content import EmbeddedItem
 from operators.drift import ClusterDrift, DriftCombiner
 from streams.content_stage import ClusteredEngagement
 from streams.errors import guard_redo
+from streams.routing import shard_keys
 from streams.transitions_stage import ScoredTriple, Triple
 
 log = logging.getLogger(__name__)
@@ -295,7 +296,7 @@ def _feed(monitor: Any, obs: list[tuple], cadence: Any, hold: Hold) -> tuple[lis
 
 
 def _order_step(bucket_ms: int, shards: int, make_cadence: Callable[[], Any] | None,  # noqa: ANN202
-                partitions: int):
+                partitions: int, workers: int = 1):
     def step(state: Any, obs: list[tuple]) -> tuple[DriftOrder, list[Any]]:
         handover: list[list[tuple]] = [[] for _ in range(shards)]
         if state is None:
@@ -308,7 +309,8 @@ def _order_step(bucket_ms: int, shards: int, make_cadence: Callable[[], Any] | N
                         "configured (a fresh store takes the new number)", n, n, shards)
             warned.append(True)
         ops, out = order(state, obs, bucket_ms, n)
-        sent = [(str(i), [("n", i, n), *(handover[i] if i < len(handover) else ()), *o])
+        keys = shard_keys(n, workers)  # shard i on worker i % workers
+        sent = [(keys[i], [("n", i, n), *(handover[i] if i < len(handover) else ()), *o])
                 for i, o in enumerate(ops) if o or (i < len(handover) and handover[i])]
         return state, [*sent, *out]
 
@@ -427,19 +429,20 @@ def _alert_json(a: Any) -> dict[str, Any]:
 
 def drift_alerts_and_status(items: Stream[EmbeddedItem], clustered: Stream[ClusteredEngagement],
                             triples: Stream[Triple], make_monitor: Callable[[], Any],
-                            make_cadence: Callable[[], Any] | None = None, partitions: int = 1, shards: int = 1
-                            ) -> tuple[Stream[Alert], Stream[Mutation], Stream[Any], Stream[ScoredTriple]]:
+                            make_cadence: Callable[[], Any] | None = None, partitions: int = 1, shards: int = 1,
+                            workers: int = 1) -> tuple[Stream[Alert], Stream[Mutation], Stream[Any],
+                                                       Stream[ScoredTriple]]:
     """Wire the drift monitor (and the cadence controller); returns (alerts, drift status mutations for the live
     index, cadence events, the triples in the hold's canonical order). ``make_monitor``: a DriftMonitor (its
     config is what counts); ``partitions``: of the engagements source, waited for by the event-time hold;
     ``shards``: how many keys the clusters are spread over (cluster c on shard c % shards; results do not depend
-    on it)."""
+    on it), shard i on worker i % ``workers``."""
     config = make_monitor().config
     merged = op.merge("drift_inputs", items, clustered, triples)
     keyed = op.flat_map_batch("drift_observations", merged, observe)
     # (step id "monitor_drift" is the single drift step of earlier versions: its recovered state is handed over)
     ordered = op.stateful_flat_map("monitor_drift", keyed, guard_redo(
-        "order_drift", _order_step(config.bucket_ms, shards, make_cadence, partitions)))
+        "order_drift", _order_step(config.bucket_ms, shards, make_cadence, partitions, workers)))
     to_shards = op.branch("split_shard_ops", op.flat_map_batch("unkey_order", ordered, lambda b: [v for _, v in b]),
                           lambda x: type(x) is tuple)
     shard_reports = op.stateful_flat_map("drift_shards", to_shards.trues, guard_redo(
