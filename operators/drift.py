@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -628,8 +628,10 @@ class ClusterDrift(_EventClock):
         cfg = self.config
         return PooledTransitionDrift(cfg.bucket_ms, self._keep, cfg.pooled_recent_ms, cfg.min_support["transition"])
 
-    def advance(self, ts_ms: int) -> list[dict[str, Any]]:
-        """Move event time to ``ts_ms``; a report for each bucket boundary passed."""
+    def advance(self, ts_ms: int, skip: Container[int] = ()) -> list[dict[str, Any]]:
+        """Move event time to ``ts_ms``; a report for each bucket boundary passed. A boundary in ``skip`` (its
+        evaluation failed before) is passed without evaluating: its report has the last results and moves no
+        gate."""
         if self._now is not None and ts_ms <= self._now:
             return []
         self._now = ts_ms
@@ -645,7 +647,10 @@ class ClusterDrift(_EventClock):
         reports = []
         for bnd in range(self._evaluated + b, boundary + 1, b):
             self._evaluated = bnd
-            reports.append(self._evaluate(bnd))
+            if bnd in skip:
+                reports.append({"now": bnd, "results": dict(self._last), "best": None, "staged": None, "gates": []})
+            else:
+                reports.append(self._evaluate(bnd))
         return reports
 
     def mark_reference(self, ts_ms: int, reason: str) -> None:
@@ -856,6 +861,12 @@ class DriftCombiner(_EventClock):
                 out.append(alert)
         self._note_changes(now)
         return out
+
+    def pass_boundary(self, now: int) -> None:
+        """Pass boundary ``now`` without evaluating it (its evaluation failed): the last results stand."""
+        self._evaluated = now
+        if self._now is None or now > self._now:
+            self._now = now
 
     def _hold_cusum(self, c: int, kind: str, until_ms: int) -> None:
         cu: Any = self._volume.cusums.get(c) if kind == "volume" else self._pooled.get(c)

@@ -37,7 +37,7 @@ from operators.cadence import CadenceEvent
 from operators.content import EmbeddedItem
 from operators.drift import ClusterDrift, DriftCombiner
 from streams.content_stage import ClusteredEngagement
-from streams.errors import guard_redo
+from streams.errors import ERRORS, ErrorBudgetExceeded, ProcessingErrors, guard_redo
 from streams.routing import shard_keys
 from streams.transitions_stage import ScoredTriple, Triple
 
@@ -335,8 +335,25 @@ def _from_one_monitor(state: tuple, shards: int, partitions: int, make_cadence: 
     return DriftOrder(hold, cadence, monitor.now_ms is not None, shards), handover
 
 
-def _shard_step(make_shard: Callable[[], ClusterDrift]):  # noqa: ANN202
-    """One drift shard: its clusters' signals (operators.drift.ClusterDrift); a report per boundary."""
+def _shard_step(make_shard: Callable[[], ClusterDrift], errors: ProcessingErrors = ERRORS):  # noqa: ANN202
+    """One drift shard: its clusters' signals (operators.drift.ClusterDrift); a report per boundary.
+
+    A boundary whose evaluation raises is dead-lettered once (the record: the boundary and the shard) and then
+    passed without evaluating (the step's guard restores the shard and applies the ops again): the shard's state
+    at that boundary would fail the same way every time, and drift must go on."""
+    failed: set[int] = set()  # boundaries this process could not evaluate
+
+    def advance(state: list, ts_ms: int) -> list[dict[str, Any]]:
+        shard = state[0]
+        try:
+            return shard.advance(ts_ms, failed)
+        except ErrorBudgetExceeded:
+            raise
+        except Exception as e:
+            failed.add(shard._evaluated)
+            errors.report("monitor_drift", {"boundary": shard._evaluated, "shard": state[2][0]}, e)
+            raise
+
     def step(state: list | None, ops: list[tuple]) -> tuple[list, list[dict[str, Any]]]:
         if state is None:  # the shard, the ops waiting to be passed on with its next report, (index, shards)
             state = [make_shard(), [], (0, 1)]
@@ -345,7 +362,7 @@ def _shard_step(make_shard: Callable[[], ClusterDrift]):  # noqa: ANN202
             shard = state[0]
             kind = op_[0]
             if kind == "a":
-                reports = shard.advance(op_[1])
+                reports = advance(state, op_[1])
             elif kind == "t":
                 reports = shard.on_triple(op_[1], op_[2], op_[3], op_[4])
             elif kind == "e":
@@ -375,22 +392,32 @@ def _shard_step(make_shard: Callable[[], ClusterDrift]):  # noqa: ANN202
     return step
 
 
-def _combine_step(make_combiner: Callable[[], DriftCombiner]):  # noqa: ANN202
+def _combine_step(make_combiner: Callable[[], DriftCombiner], errors: ProcessingErrors = ERRORS):  # noqa: ANN202
     """The combiner: every shard's report of a boundary (they come in boundary order from each shard; each says
     how many shards there are), then the alerts of that boundary and the status of every cluster whose status
-    changed."""
+    changed. A boundary is evaluated once every shard has reported it or a later one: a report lost to a
+    processing error (dead-lettered by its step) leaves that shard out of one boundary instead of stalling drift
+    for good. A boundary whose evaluation raises is dead-lettered once and passed (as a shard does)."""
+    failed: set[int] = set()
+
     def step(state: list | None, reports: list[dict[str, Any]]) -> tuple[list, list[Any]]:
-        if state is None:
-            state = [make_combiner(), {}, {}]  # the combiner, boundary -> {shard: report}, cluster -> sent at
-        waiting = state[1]
+        if state is None:  # the combiner, boundary -> {shard: report}, cluster -> sent at, shard -> latest boundary
+            state = [make_combiner(), {}, {}, {}]
+        waiting, latest = state[1], state[3]
+        shards = 1
+        done = state[0]._evaluated
         for rep in reports:
+            if done is not None and rep["now"] <= done:
+                continue  # evaluated without it (its shard's report came after a later one of the same shard)
             waiting.setdefault(rep["now"], {})[rep["shard"]] = rep
+            if rep["now"] > latest.get(rep["shard"], rep["now"] - 1):
+                latest[rep["shard"]] = rep["now"]
+            shards = rep["shards"]
         out: list[Any] = []
         for now in sorted(waiting):
-            got = waiting[now]
-            if len(got) < next(iter(got.values()))["shards"]:
-                break  # an earlier boundary waits for a shard: the later ones wait behind it
-            del waiting[now]
+            if len(latest) < shards or min(latest.values()) < now:
+                break  # a shard has not reported this boundary yet: it and the later ones wait
+            got = waiting.pop(now)
             ordered = [got[i] for i in sorted(got)]
             for rep in ordered:  # what happened before this boundary: engagement counts, marks (shard 0 relays)
                 for op_ in rep["ops"]:
@@ -401,7 +428,17 @@ def _combine_step(make_combiner: Callable[[], DriftCombiner]):  # noqa: ANN202
                         comb.mark_reference(op_[1], op_[2])
                     elif op_[0] == "adopt":
                         state[0], state[2] = op_[1], dict(op_[2])
-            out += state[0].evaluate(ordered)
+            if now in failed:
+                state[0].pass_boundary(now)
+                continue
+            try:
+                out += state[0].evaluate(ordered)
+            except ErrorBudgetExceeded:
+                raise
+            except Exception as e:
+                failed.add(now)
+                errors.report("combine_drift", {"boundary": now}, e)
+                raise
         comb, sent_at = state[0], state[2]
         for a in out:
             DRIFT_ALERTS.labels(a.kind, a.severity).inc()

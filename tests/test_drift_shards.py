@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,7 @@ from operators.cadence import CadenceController, CadenceEvent
 from operators.drift import ClusterDrift, DriftCombiner, DriftConfig, DriftMonitor
 from streams.cli import main
 from streams.drift_stage import DriftOrder, Hold, _combine_step, _order_step, _shard_step, feed_monitor
+from streams.errors import ERRORS, ProcessingErrors, _Redo, guard_redo
 from streams.generator import GeneratorConfig, write_files
 from tests.test_properties import sensitive_cadence, sensitive_drift
 
@@ -37,13 +39,19 @@ def cadence() -> CadenceController:
 
 
 class Sharded:
-    """The three drift steps of the dataflow (streams/drift_stage.py) called in process, without their error
-    guards: the order step's ops go to each shard, the shards' reports to the combiner."""
+    """The three drift steps of the dataflow (streams/drift_stage.py) called in process: the order step's ops go
+    to each shard, the shards' reports to the combiner. ``errors``: wrap the steps in their error guards (as the
+    dataflow does), dead-lettering into it."""
 
-    def __init__(self, config: DriftConfig, shards: int, order_state: Any = None) -> None:
+    def __init__(self, config: DriftConfig, shards: int, order_state: Any = None,
+                 errors: ProcessingErrors | None = None) -> None:
         self.order = _order_step(config.bucket_ms, shards, cadence, 1)
-        self.shard = _shard_step(lambda: ClusterDrift(config))
-        self.combine = _combine_step(lambda: DriftCombiner(config))
+        self.shard = _shard_step(lambda: ClusterDrift(config), errors or ERRORS)
+        self.combine = _combine_step(lambda: DriftCombiner(config), errors or ERRORS)
+        if errors is not None:
+            self.order = guard_redo("order_drift", self.order, errors=errors)
+            self.shard = guard_redo("monitor_drift", self.shard, errors=errors)
+            self.combine = guard_redo("combine_drift", self.combine, errors=errors)
         self.order_state, self.shard_states, self.combine_state = order_state, {}, None
         self.alerts: list[Alert] = []
         self.status: dict[int, Any] = {}  # cluster -> the last drift mutation's value
@@ -73,7 +81,8 @@ class Sharded:
     def statuses(self) -> dict[int, dict[str, Any]]:
         if self.combine_state is None:  # no boundary evaluated yet
             return {}
-        comb = self.combine_state[0]
+        state = self.combine_state
+        comb = (state.state if isinstance(state, _Redo) else state)[0]
         return {c: _stable(comb.status(c)) for c in comb.changed_clusters()}
 
 
@@ -163,7 +172,7 @@ def test_shards_give_what_one_monitor_gives_with_alerts_and_fine_tunes():
         _same(sharded, one)
         assert len(sharded.shard_states) == shards
         # the shards hold disjoint clusters: each cluster's state lives on cluster % shards
-        for key, (shard, _, (index, of)) in sharded.shard_states.items():
+        for key, (shard, _, (index, of)) in sharded.shard_states.items():  # (unguarded: the plain state)
             assert int(key) == index and of == shards
             assert all(c % shards == index for c in shard._engagement)
             assert all(c2 % shards == index for _, c2 in shard._pairs)
@@ -278,3 +287,36 @@ def test_a_store_keeps_its_shard_count_when_the_workers_change(caplog):
     assert "keeping 3, not the 2 configured" in caplog.text
     assert len(after.shard_states) == 3
     _same(after, one)
+
+
+@pytest.mark.parametrize("where", ["shard", "combiner"])
+def test_a_failing_boundary_is_dead_lettered_and_drift_goes_on(where, monkeypatch):
+    """A shard's evaluation, or the combiner's, that raises at one boundary: the step's guard dead-letters the
+    record, that boundary goes without it, and every later boundary is evaluated as before (no stall waiting for
+    a report that will never come)."""
+    rng = np.random.default_rng(3)
+    batches = _batches(_stream(rng, hours=200, clusters=6, per_hour=12), [97, 13, 400, 1])
+    clean = _run(Sharded(sensitive(), 3), batches)
+    bad = T0 + 120 * HOUR
+    cls, name = (ClusterDrift, "_evaluate") if where == "shard" else (DriftCombiner, "evaluate")
+    real = getattr(cls, name)
+
+    def failing(self, arg):  # noqa: ANN001, ANN202
+        now = arg if where == "shard" else arg[0]["now"]
+        if now == bad and (where == "combiner" or 1 in self._engagement):
+            raise RuntimeError("boom")
+        return real(self, arg)
+
+    monkeypatch.setattr(cls, name, failing)
+    dead: list = []
+    errors = ProcessingErrors(budget=1_000, write=dead.append)
+    hit = _run(Sharded(sensitive(), 3, errors=errors), batches)
+    step = "monitor_drift" if where == "shard" else "combine_drift"
+    assert errors.by_step == {step: 1}  # one dead letter, naming the boundary
+    assert orjson.loads(dead[0].value)["boundary"] == bad and dead[0].step == step
+    late = [a.to_dict() for a in clean.alerts if a.ts_ms > bad + 200 * HOUR]
+    assert _alerts(hit.alerts)  # drift went on
+    comb = hit.combine_state.state[0]
+    assert comb._evaluated == clean.combine_state[0]._evaluated  # to the last boundary
+    assert not hit.combine_state.state[1]  # nothing left waiting
+    assert late == [a.to_dict() for a in hit.alerts if a.ts_ms > bad + 200 * HOUR]
