@@ -20,9 +20,9 @@ per-step timers. ``live_pairs``: pairs in the live index after the run. ``snapsh
 of the job's index (bytes on disk, seconds). ``context_ms``: ``LiveIndex.context(clusters=[c1, c2])`` called in
 process (not over HTTP) for ``--context-queries`` pairs drawn from the live pairs (at most ``--context-seconds``),
 with the answer cache off (every answer computed); ``sources`` counts how each was answered (the pair's own
-successors, neighbour pairs, or the global blend over every pair). ``drift_state_snapshot``: the drift monitor's
-state as Bytewax's ``snapshot`` last handed it (what every recovery snapshot pickles whole), pickled once after
-the run: bytes and seconds.
+successors, neighbour pairs, or the global blend over every pair). ``drift_state_snapshot``: the drift steps'
+state (the ordering step's hold and cadence controller, the one shard and the combiner at one worker) as Bytewax's
+``snapshot`` last handed it (what a recovery snapshot pickles), pickled once after the run: bytes and seconds.
 
 Per index size (``index``): N synthetic unit vectors of dim 384 around 256 centres (cos ~0.7 to their centre:
 structure like embeddings, so an IVF index has clusters to find), applied to a ``LiveIndex`` (the service's
@@ -137,13 +137,15 @@ class Timers(StepTimes):
             return out
         return keep
 
-    def state_snapshot(self, step: str) -> dict[str, Any] | None:
-        if step not in self.last_state:
+    def state_snapshot(self, *steps: str) -> dict[str, Any] | None:
+        """The pickled size and time of the last state of ``steps`` together (each has one key at one worker)."""
+        if not any(step in self.last_state for step in steps):
             return None
         t0 = time.perf_counter()
-        n = len(pickle.dumps(self.last_state[step], protocol=pickle.HIGHEST_PROTOCOL))
-        calls = sum(c for (st, f), c in self.calls.items() if st == step and f.endswith(".snapshot"))
-        secs = sum(x for (st, f), x in self.seconds.items() if st == step and f.endswith(".snapshot"))
+        n = sum(len(pickle.dumps(self.last_state[step], protocol=pickle.HIGHEST_PROTOCOL))
+                for step in steps if step in self.last_state)
+        calls = max(c for (st, f), c in self.calls.items() if st in steps and f.endswith(".snapshot"))
+        secs = sum(x for (st, f), x in self.seconds.items() if st in steps and f.endswith(".snapshot"))
         return {"pickle_bytes": n, "pickle_seconds": round(time.perf_counter() - t0, 3), "calls_in_run": calls,
                 "snapshot_seconds_in_run": round(secs, 3)}
 
@@ -181,7 +183,9 @@ def child_job(a: argparse.Namespace) -> dict[str, Any]:
             "live_pairs": len(live.pairs), "index_items": len(live.items) if live.items is not None else 0,
             "peak_rss_mb": max(process_peak, run_peak), "run_peak_rss_mb": run_peak, "rss_before_run_mb": before,
             "run_rss_growth_mb": round(run_peak - before, 1), "snapshot": snap,
-            "drift_state_snapshot": times.state_snapshot("monitor_drift"), "context_ms": ctx}
+            # the drift steps' state: the ordering step (hold, cadence controller), the shard and the combiner
+            "drift_state_snapshot": times.state_snapshot("monitor_drift", "drift_shards", "combine_drift"),
+            "context_ms": ctx}
 
 
 def prepare_clusters(a: argparse.Namespace, work: Path) -> dict[str, Any]:
