@@ -475,6 +475,8 @@ def drift_alerts_and_status(items: Stream[EmbeddedItem], clustered: Stream[Clust
     ``shards``: how many keys the clusters are spread over (cluster c on shard c % shards; results do not depend
     on it), shard i on worker i % ``workers``."""
     config = make_monitor().config
+    for kind in KINDS:  # the gauges exist (at 0) from the start, not from the first boundary the combiner scores
+        DRIFT_SCORE.labels(kind).set(0.0)
     merged = op.merge("drift_inputs", items, clustered, triples)
     keyed = op.flat_map_batch("drift_observations", merged, observe)
     # (step id "monitor_drift" is the single drift step of earlier versions: its recovered state is handed over)
