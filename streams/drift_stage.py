@@ -174,16 +174,17 @@ class DriftOrder:
     time starts with the data, not with the hold's first estimate), and the number of shards the clusters are
     spread over (fixed for the life of a recovery store: the shards' state is where the clusters are)."""
 
-    __slots__ = ("cadence", "hold", "shards", "started")
+    __slots__ = ("cadence", "hold", "sent", "shards", "started")
 
     def __init__(self, hold: Hold, cadence: Any = None, started: bool = False, shards: int | None = None) -> None:
         self.hold, self.cadence, self.started, self.shards = hold, cadence, started, shards
+        self.sent: int | None = None  # the latest event time every shard was advanced to
 
     def __getstate__(self) -> tuple:
-        return self.hold, self.cadence, self.started, self.shards
+        return self.hold, self.cadence, self.started, self.shards, self.sent
 
     def __setstate__(self, state: tuple) -> None:
-        self.hold, self.cadence, self.started, self.shards = state
+        self.hold, self.cadence, self.started, self.shards, self.sent = (*state, None)[:5]
 
 
 def order(state: DriftOrder, obs: list[tuple], bucket_ms: int, shards: int) -> tuple[list[list[tuple]], list[Any]]:
@@ -206,6 +207,13 @@ def order(state: DriftOrder, obs: list[tuple], bucket_ms: int, shards: int) -> t
         for o in ops:
             o.append(op)
 
+    def advance_all(ts_ms: int) -> None:
+        """Advance every shard to ``ts_ms``; not again to a time they have passed (a shard would do nothing): a
+        batch that completes no hour costs the shards no call."""
+        if state.sent is None or ts_ms > state.sent:
+            everywhere(("a", ts_ms))
+            state.sent = ts_ms
+
     def cadence_events(events: list[Any]) -> None:
         for ev in events:
             CADENCE_EVENTS.labels(ev.kind).inc()
@@ -223,7 +231,7 @@ def order(state: DriftOrder, obs: list[tuple], bucket_ms: int, shards: int) -> t
         # Hours before this one are complete: evaluate their boundaries before this hour's rows are fed, so what
         # an evaluation sees does not depend on how many hours one call brings.
         first = rows[0]
-        everywhere(("a", (first[4] if first[0] == "t" else first[2]) // bucket_ms * bucket_ms))
+        advance_all((first[4] if first[0] == "t" else first[2]) // bucket_ms * bucket_ms)
         state.started = True
         engaged: dict[int, list[int]] = {}  # cluster -> [n, positive, latest ts]
         for o in rows:
@@ -251,15 +259,14 @@ def order(state: DriftOrder, obs: list[tuple], bucket_ms: int, shards: int) -> t
             relay.append(("r", ("v", cluster, ts, n)))
         # Event time moves with engagements (and their triples), never with content publish times.
         top = max((o[2] if o[0] == "e" else o[4] for o in rows if o[0] != "i"), default=None)
-        if top is not None:
-            everywhere(("a", top))
-            if cadence is not None:
-                cadence_events(cadence.advance(top))
+        # (The shards are not advanced to ``top``: it is in the hour just started, which crosses no boundary.)
+        if top is not None and cadence is not None:
+            cadence_events(cadence.advance(top))
     if hold.complete_until is not None and state.started:
         # Every hour before this boundary is complete: score it now, not when the next hour's data is fed
         # (which, at the end of a replay, never comes), also when no hour came complete in this call.
         boundary = hold.complete_until * bucket_ms
-        everywhere(("a", boundary))
+        advance_all(boundary)
         if cadence is not None:
             cadence_events(cadence.advance(boundary))
     if cadence is not None:
