@@ -43,7 +43,7 @@ from typing import Any
 
 import orjson
 
-from operators.adaptive_successors import DEFAULT_HALF_LIVES_MS, AdaptiveSuccessorTable
+from operators.adaptive_successors import DEFAULT_HALF_LIVES_MS, AdaptiveSuccessorTable, Scores
 
 __all__ = [
     "DAY_MS", "HOUR_MS", "KINDS", "CadenceConfig", "CadenceController", "CadenceEvent", "finetune_due",
@@ -226,6 +226,10 @@ class CadenceController:
     (1, 1.4)
     """
 
+    # The latest triple's component scores in C_p with their state's fingerprint: the successor step's table
+    # holds the same pairs and takes them instead of scoring the triple again (AdaptiveSuccessorTable.learn).
+    last_scores: Scores | None = None
+
     def __init__(self, config: CadenceConfig | None = None) -> None:
         self.config = config if config is not None else CadenceConfig()
         self._reset()
@@ -250,7 +254,7 @@ class CadenceController:
     def on_triple(self, c1: int, c2: int, c_next: int, ts_ms: int) -> list[CadenceEvent]:
         """Advance event time to ``ts_ms`` (events of the checks passed), then count the triple."""
         events = self.advance(ts_ms) if self._now is None or ts_ms > self._now else []
-        self._table.update((c1, c2, c_next), ts_ms)
+        self.last_scores = self._table.learn((c1, c2, c_next), ts_ms, share=True)
         key = (c1, c2)
         self._pending[key] = self._pending.get(key, 0) + 1
         return events

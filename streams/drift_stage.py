@@ -246,10 +246,15 @@ def order(state: DriftOrder, obs: list[tuple], bucket_ms: int, shards: int) -> t
                     if o[2] > row[2]:
                         row[2] = o[2]
             elif kind == "t":
-                out.append(ScoredTriple(o[1], o[2], o[3], o[4], o[6] if len(o) > 6 else ""))
                 ops[o[2] % shards].append(("t", o[1], o[2], o[3], o[4]))
+                user = o[6] if len(o) > 6 else ""
                 if cadence is not None:
-                    cadence_events(cadence.on_triple(o[1], o[2], o[3], o[4]))
+                    events = cadence.on_triple(o[1], o[2], o[3], o[4])
+                    # with C_p's scores of it: the successor step's table need not score it again
+                    out.append(ScoredTriple(o[1], o[2], o[3], o[4], user, cadence.last_scores))
+                    cadence_events(events)
+                else:
+                    out.append(ScoredTriple(o[1], o[2], o[3], o[4], user))
             else:
                 ops[o[1] % shards].append(("i", o[1], o[2], o[3], o[4]))
         relay = ops[0]

@@ -27,7 +27,7 @@ from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 from prometheus_client import Counter
 
-from operators.adaptive_successors import DEFAULT_HALF_LIVES_MS, LiveSnapshot, LiveSuccessors, half_life_label
+from operators.adaptive_successors import DEFAULT_HALF_LIVES_MS, LiveSnapshot, LiveSuccessors, Scores, half_life_label
 from operators.successors import Successor, rank_successors
 from streams.content_stage import ClusteredEngagement, stable_shard, unkey
 from streams.errors import ERRORS, ErrorBudgetExceeded, GuardedLogic, ProcessingErrors
@@ -35,6 +35,10 @@ from streams.metrics import NO_COUNTS, StepCounts
 
 LATE_ENGAGEMENTS = Counter("driftrag_transitions_late_total",
                            "Positive engagements left out of the transition rule: older than the user's last one")
+SUCCESSOR_SCORES = Counter("driftrag_successor_scores_total",
+                           "Triples the successor estimate learned in the canonical order, by whose component scores "
+                           "it took: shared (the cadence controller's, computed from the same state) or own", ["by"])
+_SHARED, _OWN = SUCCESSOR_SCORES.labels("shared"), SUCCESSOR_SCORES.labels("own")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +107,7 @@ class ScoredTriple:
     c_next: int
     ts_ms: int
     user_id: str
+    scores: Scores | None = None  # the cadence controller's scores of it (AdaptiveSuccessorTable.learn)
 
 
 class CountSuccessors(StatefulBatchLogic):
@@ -126,10 +131,12 @@ class CountSuccessors(StatefulBatchLogic):
         out = []
         ingest = self.ingest
         observed: dict[tuple[int, int], int] = {}  # triples counted per pair in this batch (not those scored)
+        taken, scored = st.table.scores_taken, 0
         for i, t in enumerate(values):
             triple = (t.c1, t.c2, t.c_next)
             if type(t) is ScoredTriple:
-                pair = st.score(triple, t.ts_ms, t.user_id)
+                pair = st.score(triple, t.ts_ms, t.user_id, t.scores)
+                scored += 1
             else:
                 pair = observe(triple, t.ts_ms, t.user_id)
                 ingest[pair] = t.ingest_ms  # type: ignore[index]
@@ -139,6 +146,10 @@ class CountSuccessors(StatefulBatchLogic):
                 out.append(PairState(pair, e.counts, e.reference, e.support, e.ts_ms,  # type: ignore[arg-type]
                                      ingest.get(pair, 0), e.half_life_ms, e.weights, e.supports,  # type: ignore[arg-type]
                                      observed.get(pair, 0)))  # type: ignore[arg-type]
+        if scored:
+            shared = st.table.scores_taken - taken
+            _SHARED.inc(shared)
+            _OWN.inc(scored - shared)
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> LiveSnapshot:

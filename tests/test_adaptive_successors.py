@@ -351,3 +351,62 @@ def test_a_table_pickled_with_a_counter_per_half_life_per_pair_resumes_exactly()
         ref.update(tr, ts)
     assert resumed.to_plain() == ref.to_plain()
     assert pickle.loads(pickle.dumps(resumed)).to_plain() == ref.to_plain()
+
+
+def _stream(seed: int, n: int, clusters: int = 4) -> list[tuple[tuple[int, int, int], int]]:
+    """Triples with collisions on every key (few clusters, repeated and out-of-order times)."""
+    rng = random.Random(seed)
+    out, ts = [], 0
+    for _ in range(n):
+        ts += rng.choice([0, 0, 1, 3_600_000, DAY])
+        c1, c2, c3 = rng.sample(range(clusters), 3)
+        out.append(((c1, c2, c3), ts - rng.choice([0, 0, 0, 5_000])))
+    return out
+
+
+def _same_state(a: AdaptiveSuccessorTable, b: AdaptiveSuccessorTable) -> bool:
+    return a.snapshot() == b.snapshot()
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 150), history=st.integers(0, 40),
+       half_lives=st.sampled_from([DEFAULT_HALF_LIVES_MS, (DAY, INF), (DAY,)]))
+def test_shared_scores_are_taken_exactly_when_the_state_is_the_same(seed, n, history, half_lives):
+    """A table fed another's scores (AdaptiveSuccessorTable.learn) ends bit-identical to one that scored every triple
+    itself. It takes them for every triple when both saw the same history; when it saw ``history`` triples more
+    (a table resumed from another past), it takes none for the pairs and sources that history touched and
+    scores those itself."""
+    stream, past = _stream(seed, n), _stream(seed + 1, history)
+    sharer, taker, alone = (AdaptiveSuccessorTable(half_lives) for _ in range(3))
+    for table in (taker, alone):
+        for triple, ts in past:
+            table.update(triple, ts)
+    for triple, ts in stream:
+        scores = sharer.learn(triple, ts, share=True)
+        assert (scores is None) == (len(half_lives) == 1)
+        taker.update(triple, ts, scores=scores)
+        alone.update(triple, ts)
+    assert _same_state(taker, alone)
+    if len(half_lives) == 1:
+        assert taker.scores_taken == 0
+    elif not past:
+        assert taker.scores_taken == n and _same_state(taker, sharer)
+    else:
+        touched = {t[1] for t, _ in past}  # sources: their counts differ, so every pair leaving them differs
+        differs = sum(1 for t, _ in stream if t[1] in touched)
+        assert taker.scores_taken <= n - differs
+
+
+def test_shared_scores_need_the_same_parameters_and_survive_snapshots_and_pickles():
+    stream = _stream(3, 200)
+    sharer = AdaptiveSuccessorTable()
+    other = AdaptiveSuccessorTable(prior=2.0)  # another prior: other scores from the same counts
+    same = AdaptiveSuccessorTable()
+    for i, (triple, ts) in enumerate(stream):
+        scores = sharer.learn(triple, ts, share=True)
+        other.update(triple, ts, scores=scores)
+        same.update(triple, ts, scores=scores)
+        if i == 100:  # resumed from a snapshot, then from a pickle: the state (and so its fingerprint) is the same
+            same = pickle.loads(pickle.dumps(AdaptiveSuccessorTable.from_snapshot(same.snapshot())))
+            assert same.scores_taken == 0  # a count of this process's work, not state
+    assert other.scores_taken == 0 and same.scores_taken == 99 and _same_state(same, sharer)
