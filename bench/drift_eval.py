@@ -145,17 +145,21 @@ def load_stream(cfg: GeneratorConfig, emb: Embeddings) -> tuple[list[tuple], dic
 
 class TracedMonitor(DriftMonitor):
     """A DriftMonitor that records, at every evaluation, the results of the kinds scored afresh (not the ones
-    carried forward from an earlier evaluation)."""
+    carried forward from an earlier evaluation): the combiner's results of each boundary, the kinds it found due
+    there."""
 
-    def _reset(self) -> None:
-        super()._reset()
+    def __init__(self, config: DriftConfig | None = None) -> None:
+        super().__init__(config)
         self.trace: list[tuple[int, dict[tuple[int, str], dict[str, Any]]]] = []
 
-    def _evaluate(self, now: int) -> list:
-        cfg = self.config
-        due = {k: now // cfg.evaluate_every_ms.get(k, cfg.bucket_ms) != self._eval_slots.get(k) for k in KINDS}
-        out = super()._evaluate(now)
-        self.trace.append((now, {key: r for key, r in self._last.items() if due[key[1]]}))
+    def _alerts(self, reports: list[dict[str, Any]]) -> list:
+        cfg, comb = self.config, self.combiner
+        out = []
+        for rep in reports:
+            now = rep["now"]
+            due = {k: now // cfg.evaluate_every_ms.get(k, cfg.bucket_ms) != comb._eval_slots.get(k) for k in KINDS}
+            out += super()._alerts([rep])
+            self.trace.append((now, {key: r for key, r in comb._last.items() if due[key[1]]}))
         return out
 
 

@@ -50,3 +50,15 @@ def test_scale_bench_reports_per_k_index_size_and_user_count():
         assert u["driftrag"]["users_in_state"] <= int(n) and u["driftrag"]["state_pickle_bytes_per_user"] > 0
         assert u["driftrag"]["triples"] == u["per_user_keys"]["triples"] > 0
     assert set(r["ratios"]["users_2000_vs_500"]) == {"events_per_s", "rss_bytes_per_user"}
+
+
+@pytest.mark.slow
+def test_drift_eval_bench_scores_driftrag_and_its_peers():
+    """bench/drift_eval.py (the drift detection figures against ADWIN, Page-Hinkley and KSWIN) on two small
+    families: every detector reports the figures the README quotes."""
+    r = _bench("drift_eval.py", "--calib-seeds", "11", "--eval-seeds", "201", "--families", "drifting,retail",
+               "--events", "6000")
+    for name in ("driftrag", "adwin", "pagehinkley", "kswin"):
+        for key in ("recall", "precision", "f1", "false_alarms_per_1000_cluster_hours", "delay_median_h"):
+            assert key in r[name], (name, key)
+    assert r["driftrag"]["drifts"] > 0 and set(r["families"]) >= {"drifting", "retail"}

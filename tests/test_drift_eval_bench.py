@@ -63,3 +63,36 @@ def test_memoised_ks_matches_scipy_value_for_value():
         b = [rng.choice([0.0, 0.5, 1.0, rng.random()]) for _ in range(30)]
         want = stats.ks_2samp(a, b, method="auto")
         assert memo.ks_2samp(a, b, method="auto") == (float(want.statistic), float(want.pvalue))
+
+
+
+def test_the_traced_monitor_records_each_evaluations_fresh_results_and_alerts_as_the_monitor_does():
+    """bench/drift_eval.py's TracedMonitor (the drift benchmark's view of every evaluation) raises the plain
+    monitor's alerts, and its trace has one entry per boundary evaluated with the results of the kinds scored
+    afresh there and only those. (When the monitor became a shard and a combiner, the trace went missing and the
+    benchmark stopped running.)"""
+    from bench.drift_eval import TracedMonitor
+    from operators.drift import DriftConfig, DriftMonitor
+
+    rng = random.Random(4)
+    hour, t0 = 3_600_000, 1_767_225_600_000
+    events = sorted((t0 + h * hour + rng.randrange(hour), rng.choice([0, 1, 2] if h < 80 else [1, 1, 1, 2]),
+                      rng.random() < 0.6) for h in range(120) for _ in range(30))  # cluster 0 goes quiet at 80 h
+    cfg = DriftConfig()
+    traced, plain = TracedMonitor(cfg), DriftMonitor(cfg)
+    alerts: dict[str, list] = {"traced": [], "plain": []}
+    for ts, c, pos in events:
+        alerts["traced"] += [a.to_dict() for a in traced.on_engagement(c, ts, pos)]
+        alerts["plain"] += [a.to_dict() for a in plain.on_engagement(c, ts, pos)]
+    assert alerts["traced"] == alerts["plain"] and any(a["kind"] == "volume" for a in alerts["plain"])
+    assert [ts for ts, _ in traced.trace] == [t0 + h * hour for h in range(1, 120)]
+    slots: dict[str, int] = {}
+    for ts, results in traced.trace:
+        due = set()
+        for kind in ("engagement", "volume", "content", "transition"):
+            slot = ts // cfg.evaluate_every_ms.get(kind, cfg.bucket_ms)
+            if slots.get(kind) != slot:
+                due.add(kind)
+                slots[kind] = slot
+        assert {kind for _, kind in results} <= due
+    assert sum(1 for _, res in traced.trace for _, kind in res if kind == "volume") > 50
