@@ -347,6 +347,53 @@ def _from_one_monitor(state: tuple, shards: int, partitions: int, make_cadence: 
     return DriftOrder(hold, cadence, monitor.now_ms is not None, shards), handover
 
 
+class ShardState:
+    """One drift shard step's state: its :class:`ClusterDrift`, the ops it passes on to the combiner with its next
+    report (``relay``: volume counts and marks, shard 0 only) and ``place`` = (its index, the number of shards)."""
+
+    __slots__ = ("place", "relay", "shard")
+
+    def __init__(self, shard: ClusterDrift, relay: list[tuple] | None = None, place: tuple[int, int] = (0, 1)) -> None:
+        self.shard, self.relay, self.place = shard, [] if relay is None else relay, place
+
+    def __getstate__(self) -> tuple:
+        return self.shard, self.relay, self.place
+
+    def __setstate__(self, state: tuple) -> None:
+        self.shard, self.relay, self.place = state
+
+    @classmethod
+    def of(cls, state: Any) -> ShardState:
+        """The state as recovered: this class, or the list the first sharded version kept."""
+        return state if isinstance(state, cls) else cls(*state)
+
+
+class CombineState:
+    """The combiner step's state: its :class:`DriftCombiner`, ``waiting`` (boundary -> {shard: report}) for the
+    boundaries not every shard has reported yet, ``sent_at`` (cluster -> the boundary of the status last sent) and
+    ``latest`` (shard -> the latest boundary it reported)."""
+
+    __slots__ = ("combiner", "latest", "sent_at", "waiting")
+
+    def __init__(self, combiner: DriftCombiner, waiting: dict[int, dict[int, dict]] | None = None,
+                 sent_at: dict[int, int] | None = None, latest: dict[int, int] | None = None) -> None:
+        self.combiner = combiner
+        self.waiting = {} if waiting is None else waiting
+        self.sent_at = {} if sent_at is None else sent_at
+        self.latest = {} if latest is None else latest
+
+    def __getstate__(self) -> tuple:
+        return self.combiner, self.waiting, self.sent_at, self.latest
+
+    def __setstate__(self, state: tuple) -> None:
+        self.combiner, self.waiting, self.sent_at, self.latest = state
+
+    @classmethod
+    def of(cls, state: Any) -> CombineState:
+        """The state as recovered: this class, or the list the first sharded version kept."""
+        return state if isinstance(state, cls) else cls(*state)
+
+
 def _shard_step(make_shard: Callable[[], ClusterDrift], errors: ProcessingErrors = ERRORS):  # noqa: ANN202
     """One drift shard: its clusters' signals (operators.drift.ClusterDrift); a report per boundary.
 
@@ -355,23 +402,22 @@ def _shard_step(make_shard: Callable[[], ClusterDrift], errors: ProcessingErrors
     at that boundary would fail the same way every time, and drift must go on."""
     failed: set[int] = set()  # boundaries this process could not evaluate
 
-    def advance(state: list, ts_ms: int) -> list[dict[str, Any]]:
-        shard = state[0]
+    def advance(state: ShardState, ts_ms: int) -> list[dict[str, Any]]:
+        shard = state.shard
         try:
             return shard.advance(ts_ms, failed)
         except ErrorBudgetExceeded:
             raise
         except Exception as e:
             failed.add(shard._evaluated)
-            errors.report("monitor_drift", {"boundary": shard._evaluated, "shard": state[2][0]}, e)
+            errors.report("monitor_drift", {"boundary": shard._evaluated, "shard": state.place[0]}, e)
             raise
 
-    def step(state: list | None, ops: list[tuple]) -> tuple[list, list[dict[str, Any]]]:
-        if state is None:  # the shard, the ops waiting to be passed on with its next report, (index, shards)
-            state = [make_shard(), [], (0, 1)]
+    def step(state: Any, ops: list[tuple]) -> tuple[ShardState, list[dict[str, Any]]]:
+        state = ShardState(make_shard()) if state is None else ShardState.of(state)
         out: list[dict[str, Any]] = []
         for op_ in ops:
-            shard = state[0]
+            shard = state.shard
             kind = op_[0]
             if kind == "a":
                 reports = advance(state, op_[1])
@@ -385,19 +431,19 @@ def _shard_step(make_shard: Callable[[], ClusterDrift], errors: ProcessingErrors
                 shard.mark_reference(op_[1], op_[2])
                 continue
             elif kind == "r":
-                state[1].append(op_[1])
+                state.relay.append(op_[1])
                 continue
             elif kind == "n":
-                state[2] = op_[1], op_[2]
+                state.place = op_[1], op_[2]
                 continue
             elif kind == "adopt":
-                state[0] = op_[1]
+                state.shard = op_[1]
                 continue
             else:
                 raise ValueError(f"unknown drift shard op {kind!r}")
             for rep in reports:
-                (rep["shard"], rep["shards"]), rep["ops"] = state[2], state[1]
-                state[1] = []
+                (rep["shard"], rep["shards"]), rep["ops"] = state.place, state.relay
+                state.relay = []
                 out.append(rep)
         return state, out
 
@@ -412,12 +458,11 @@ def _combine_step(make_combiner: Callable[[], DriftCombiner], errors: Processing
     for good. A boundary whose evaluation raises is dead-lettered once and passed (as a shard does)."""
     failed: set[int] = set()
 
-    def step(state: list | None, reports: list[dict[str, Any]]) -> tuple[list, list[Any]]:
-        if state is None:  # the combiner, boundary -> {shard: report}, cluster -> sent at, shard -> latest boundary
-            state = [make_combiner(), {}, {}, {}]
-        waiting, latest = state[1], state[3]
+    def step(state: Any, reports: list[dict[str, Any]]) -> tuple[CombineState, list[Any]]:
+        state = CombineState(make_combiner()) if state is None else CombineState.of(state)
+        waiting, latest = state.waiting, state.latest
         shards = 1
-        done = state[0]._evaluated
+        done = state.combiner._evaluated
         for rep in reports:
             if done is not None and rep["now"] <= done:
                 continue  # evaluated without it (its shard's report came after a later one of the same shard)
@@ -433,25 +478,25 @@ def _combine_step(make_combiner: Callable[[], DriftCombiner], errors: Processing
             ordered = [got[i] for i in sorted(got)]
             for rep in ordered:  # what happened before this boundary: engagement counts, marks (shard 0 relays)
                 for op_ in rep["ops"]:
-                    comb = state[0]
+                    comb = state.combiner
                     if op_[0] == "v":
                         comb.on_volume(op_[1], op_[2], op_[3])
                     elif op_[0] == "m":
                         comb.mark_reference(op_[1], op_[2])
                     elif op_[0] == "adopt":
-                        state[0], state[2] = op_[1], dict(op_[2])
+                        state.combiner, state.sent_at = op_[1], dict(op_[2])
             if now in failed:
-                state[0].pass_boundary(now)
+                state.combiner.pass_boundary(now)
                 continue
             try:
-                out += state[0].evaluate(ordered)
+                out += state.combiner.evaluate(ordered)
             except ErrorBudgetExceeded:
                 raise
             except Exception as e:
                 failed.add(now)
                 errors.report("combine_drift", {"boundary": now}, e)
                 raise
-        comb, sent_at = state[0], state[2]
+        comb, sent_at = state.combiner, state.sent_at
         for a in out:
             DRIFT_ALERTS.labels(a.kind, a.severity).inc()
         # A status goes out when the monitor saw it change (scores, a lapsed score, open alerts), as of the

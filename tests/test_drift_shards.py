@@ -82,7 +82,7 @@ class Sharded:
         if self.combine_state is None:  # no boundary evaluated yet
             return {}
         state = self.combine_state
-        comb = (state.state if isinstance(state, _Redo) else state)[0]
+        comb = (state.state if isinstance(state, _Redo) else state).combiner
         return {c: _stable(comb.status(c)) for c in comb.changed_clusters()}
 
 
@@ -172,7 +172,8 @@ def test_shards_give_what_one_monitor_gives_with_alerts_and_fine_tunes():
         _same(sharded, one)
         assert len(sharded.shard_states) == shards
         # the shards hold disjoint clusters: each cluster's state lives on cluster % shards
-        for key, (shard, _, (index, of)) in sharded.shard_states.items():  # (unguarded: the plain state)
+        for key, state in sharded.shard_states.items():  # (unguarded: the plain state)
+            shard, (index, of) = state.shard, state.place
             assert int(key) == index and of == shards
             assert all(c % shards == index for c in shard._engagement)
             assert all(c2 % shards == index for _, c2 in shard._pairs)
@@ -215,6 +216,26 @@ def test_a_recovered_single_monitor_is_handed_over_to_the_shards():
     resumed = _run(Sharded(sensitive(), 3, order_state=legacy), batches[half:])
     assert _alerts(resumed.alerts) == _alerts(one.alerts[alerts_before:]) and resumed.alerts
     assert resumed.statuses() == one.statuses()
+
+
+def test_step_states_kept_as_lists_by_the_first_sharded_version_continue_identically():
+    """The first sharded version kept each shard step's state as [shard, relay, (index, shards)] and the
+    combiner's as [combiner, waiting, sent_at, latest]; recovered from such a store, the steps go on as if nothing
+    had happened."""
+    rng = np.random.default_rng(12)
+    batches = _batches(_stream(rng, hours=160, clusters=6, per_hour=12), [90, 7])
+    half = len(batches) // 2
+    whole = _run(Sharded(sensitive(), 3), batches)
+    first = _run(Sharded(sensitive(), 3), batches[:half])
+    old = pickle.loads(pickle.dumps((
+        {k: [st.shard, st.relay, st.place] for k, st in first.shard_states.items()},
+        [first.combine_state.combiner, first.combine_state.waiting, first.combine_state.sent_at,
+         first.combine_state.latest])))
+    first.shard_states, first.combine_state = old
+    assert type(first.combine_state) is list
+    _run(first, batches[half:])
+    _same(first, whole)
+    assert type(first.combine_state).__name__ == "CombineState"
 
 
 def test_an_old_monitor_pickle_loads_as_shard_and_combiner():
@@ -316,7 +337,7 @@ def test_a_failing_boundary_is_dead_lettered_and_drift_goes_on(where, monkeypatc
     assert orjson.loads(dead[0].value)["boundary"] == bad and dead[0].step == step
     late = [a.to_dict() for a in clean.alerts if a.ts_ms > bad + 200 * HOUR]
     assert _alerts(hit.alerts)  # drift went on
-    comb = hit.combine_state.state[0]
-    assert comb._evaluated == clean.combine_state[0]._evaluated  # to the last boundary
-    assert not hit.combine_state.state[1]  # nothing left waiting
+    comb = hit.combine_state.state.combiner
+    assert comb._evaluated == clean.combine_state.combiner._evaluated  # to the last boundary
+    assert not hit.combine_state.state.waiting  # nothing left waiting
     assert late == [a.to_dict() for a in hit.alerts if a.ts_ms > bad + 200 * HOUR]
