@@ -1118,25 +1118,6 @@ class DriftMonitor:
                 q.load({**p.state(), "buckets": {}, "frozen": None})
         return self.shard.split(shards, shard_of), comb
 
-    # the parts' state, for tests and tools that read it
-    _pairs = property(lambda self: self.shard._pairs)
-    _pooled = property(lambda self: self.shard._pooled)
-    _engagement = property(lambda self: self.shard._engagement)
-    _content = property(lambda self: self.shard._content)
-    _volume = property(lambda self: self.combiner._volume)
-    _evaluated = property(lambda self: self.shard._evaluated)
-    _last = property(lambda self: self.combiner._last)
-
-    @property
-    def _schedule(self) -> _PairSchedule:
-        return self.shard._schedule
-
-    @_schedule.setter
-    def _schedule(self, value: _PairSchedule) -> None:
-        self.shard._schedule = value
-
-    def _sync_pairs(self) -> None:
-        self.shard._sync_pairs()
 
     # -- recovery ------------------------------------------------------------------------------------------
 

@@ -302,11 +302,6 @@ def feed_monitor(monitor: Any, obs: list[tuple], state: DriftOrder) -> tuple[lis
     return out, latest
 
 
-def _feed(monitor: Any, obs: list[tuple], cadence: Any, hold: Hold) -> tuple[list[Any], int | None]:
-    """:func:`feed_monitor` with a fresh ordering state around ``hold`` and ``cadence``."""
-    return feed_monitor(monitor, obs, DriftOrder(hold, cadence, monitor.now_ms is not None))
-
-
 def _order_step(bucket_ms: int, shards: int, make_cadence: Callable[[], Any] | None,  # noqa: ANN202
                 partitions: int, workers: int = 1):
     def step(state: Any, obs: list[tuple]) -> tuple[DriftOrder, list[Any]]:

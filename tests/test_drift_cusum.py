@@ -174,7 +174,7 @@ def test_monitor_catches_a_week_long_ramp_the_window_test_misses():
     assert a.evidence["support"] == t["support"]
     assert "rate_change" in a.evidence["tests"]  # the window test's statistic is there too
     # the alert restarted the CUSUM: it is held for the cooldown, then counts again from 0
-    cu = m._engagement[1].cusum
+    cu = m.shard._engagement[1].cusum
     assert cu.held_until is None or cu.held_until == a.window_end_ms + m.config.cooldown("engagement")
 
 
@@ -187,9 +187,9 @@ def test_monitor_snapshot_keeps_the_cusums():
     m, _ = _ramp_monitor(_cfg(), days=9)
     snap = pickle.loads(pickle.dumps(m.snapshot()))
     again = DriftMonitor.from_snapshot(snap)
-    assert again._engagement[1].cusum.state() == m._engagement[1].cusum.state()
-    assert {c: cu.state() for c, cu in again._volume.cusums.items()} == \
-        {c: cu.state() for c, cu in m._volume.cusums.items()}
+    assert again.shard._engagement[1].cusum.state() == m.shard._engagement[1].cusum.state()
+    assert {c: cu.state() for c, cu in again.combiner._volume.cusums.items()} == \
+        {c: cu.state() for c, cu in m.combiner._volume.cusums.items()}
     rng = np.random.default_rng(9)
     for i in range(9 * 24 * 30, 11 * 24 * 30):  # both go on identically
         ts, pos = i * HOUR_MS // 30, bool(rng.random() < 0.4)

@@ -9,7 +9,7 @@ import random
 import numpy as np
 
 from operators.drift import DriftMonitor
-from streams.drift_stage import Hold, _feed, _ts_key
+from streams.drift_stage import DriftOrder, Hold, _ts_key, feed_monitor
 from streams.transitions_stage import ScoredTriple
 
 HOUR = 3_600_000
@@ -44,7 +44,7 @@ def test_the_monitor_is_fed_the_same_whatever_the_arrival_order():
         obs = base[:]
         random.Random(seed).shuffle(obs)
         monitor = DriftMonitor()
-        out, latest = _feed(monitor, obs, None, Hold())
+        out, latest = feed_monitor(monitor, obs, DriftOrder(Hold()))
         scored = [(s.ts_ms, s.c1, s.c2, s.c_next, s.user_id) for s in out if type(s) is ScoredTriple]
         outs.append((latest, monitor.scores(), [a.to_dict() for a in out if type(a) is not ScoredTriple], scored))
     assert outs[0][0] == T0 + 29 * HOUR

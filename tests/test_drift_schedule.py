@@ -52,14 +52,15 @@ def _run(m: DriftMonitor, calls: list[tuple], every_pair: bool = False, mark_at:
     alerts, seen = [], []
     evaluated = None
     for i, (name, args) in enumerate(calls):
-        if every_pair and type(m._schedule) is not _EveryPair:
-            m._schedule = _EveryPair()
+        if every_pair and type(m.shard._schedule) is not _EveryPair:
+            m.shard._schedule = _EveryPair()
         if i == mark_at:
             m.mark_reference(args[-1] - 30 * HOUR_MS, "refresh")
         alerts += [a.to_dict() for a in getattr(m, name)(*args)]
-        if m._evaluated != evaluated:
-            evaluated = m._evaluated
-            seen.append((evaluated, dict(m._last), m.scores(), [(c, m.changed_at(c)) for c in m.changed_clusters()]))
+        if m.shard._evaluated != evaluated:
+            evaluated = m.shard._evaluated
+            seen.append((evaluated, dict(m.combiner._last), m.scores(),
+                         [(c, m.changed_at(c)) for c in m.changed_clusters()]))
         if i in restore_at:
             m = pickle.loads(pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL))
     return alerts, seen
@@ -77,10 +78,10 @@ def test_the_pair_schedule_gives_what_moving_every_pair_gives(mark_at):
     assert any(a["kind"] == "transition" for a in alerts)  # the busy pairs' change is seen
     assert any(r.get("pair") for (c, k), r in seen[-40][1].items() if k == "transition")  # and pairs score
     # the pairs' running sums too, once the skipped ones have taken their bounds (as a snapshot does)
-    fast._sync_pairs()
-    assert fast._pairs.keys() == plain._pairs.keys()
-    for p, t in fast._pairs.items():
-        u = plain._pairs[p]
+    fast.shard._sync_pairs()
+    assert fast.shard._pairs.keys() == plain.shard._pairs.keys()
+    for p, t in fast.shard._pairs.items():
+        u = plain.shard._pairs[p]
         for w, v in ((t._ref, u._ref), (t._cur, u._cur)):
             assert (w.lo, w.hi, list(w.sum.items())) == (v.lo, v.hi, list(v.sum.items()))
 
@@ -92,7 +93,7 @@ def test_a_recovery_snapshot_between_evaluations_continues_identically():
     assert restored == whole
     m = DriftMonitor()
     _run(m, calls[:5_000])
-    assert "_schedule" in m.shard.__dict__ and pickle.loads(pickle.dumps(m))._schedule.ranges is None  # derived
+    assert "_schedule" in m.shard.__dict__ and pickle.loads(pickle.dumps(m)).shard._schedule.ranges is None  # derived
 
 
 def test_other_clusters_read_as_the_dicts_they_stand_for():

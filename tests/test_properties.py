@@ -1121,8 +1121,8 @@ def test_item_distance_does_not_depend_on_batch_size(catalogue: Catalogue) -> No
 def test_drift_alerts_do_not_depend_on_batch_size(catalogue: Catalogue) -> None:
     """Found by property 5 (collisions). With the default DriftConfig, 40 users whose successor of one pair changes
     from c to d (Jensen-Shannon 1 bit): batches of 1 or 7 raise a critical transition alert at T0 + 72 h, one batch
-    of everything raises none. The drift step evaluates where its hold releases hours: per batch, _feed
-    (streams/drift_stage.py) feeds the complete buckets and then calls monitor.advance(boundary), and
+    of everything raises none. The drift step evaluates where its hold releases hours: per batch, the ordering
+    step (streams/drift_stage.py; then `_feed`) feeds the complete buckets and then calls monitor.advance(boundary), and
     DriftMonitor.advance (operators/drift.py) evaluates a jump over many buckets once, at the latest boundary. Small
     batches stop at T0 + 72 h (the hold waits at most a day for triples) where the current window still holds the
     new successors; one batch jumps to T0 + 96 h, where the window is empty. The README: "the alerts depend on the
