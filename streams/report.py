@@ -19,7 +19,12 @@ from prometheus_client import REGISTRY
 from streams.errors import ERRORS
 from streams.transitions_stage import PairState
 
-__all__ = ["JobReport"]
+__all__ = ["JobReport", "say"]
+
+
+def say(msg: str) -> None:
+    """A progress line on stderr (stdout is the job's summary)."""
+    print(f"[driftrag] {msg}", file=sys.stderr, flush=True)
 
 
 def _unresolved() -> int:
