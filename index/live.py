@@ -38,7 +38,7 @@ import os
 import shutil
 import threading
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +49,7 @@ import orjson
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 
+from index.history import AlertLog, PairHistory
 from index.mutations import Mutation, MutationError, decode_vector, kind_of
 from index.untrusted import ITEM_CLOSE, ITEM_OPEN, clean
 from index.vectors import SlotVectorIndex
@@ -150,10 +151,8 @@ class LiveIndex:
         self.cluster_sizes: Counter[int] = Counter()
         self.drift: dict[int, dict[str, Any]] = {}  # cluster -> drift status (scores, open alerts, reference)
         # For the dashboard (see recent_alerts, pair_history): what this replica applied since it started, bounded.
-        self.alert_log_size, self.pair_history_points, self.pair_history_pairs = 500, 64, 1024
-        self.pair_history_bucket_ms, self.pair_history_successors = 2 * 3_600_000, 6
-        self._alert_log: dict[str, dict[str, Any]] = {}  # alert id -> latest version, opened/closed, severities
-        self._pair_history: OrderedDict[tuple[int, int], deque[tuple[int, float, tuple]]] = OrderedDict()  # LRU
+        self.alerts_seen = AlertLog()
+        self.pair_shares = PairHistory()
         # Context answers of the current version, by request (see context_from_cache); a new version empties it.
         self.context_cache_entries = 1024
         self._context_cache: dict[tuple, dict[str, Any]] = {}
@@ -328,7 +327,7 @@ class LiveIndex:
                             "half_life_ms": h, "half_life": str(v.get("half_life") or half_life_label(h)),
                             "weights": {str(k): float(w) for k, w in (v.get("weights") or {}).items()},
                             "ts_ms": int(v["ts_ms"])}
-        self._record_pair(pair, self.pairs[pair])
+        self.pair_shares.record(pair, self.pairs[pair])
         return pair
 
     def _apply_drift(self, key: str, v: dict | None) -> None:
@@ -338,11 +337,11 @@ class LiveIndex:
             raise MutationError(f"drift key must be 'drift:<cluster>', got {key[:40]!r}") from None
         if v is None:
             old = self.drift.pop(cluster, None)
-            self._record_alerts(old["alerts"] if old else [], [], self.watermark_ts)
+            self.alerts_seen.record(old["alerts"] if old else [], [], self.watermark_ts)
             return
         scores = {str(k): float(x) for k, x in v["scores"].items()}
         old = self.drift.get(cluster)
-        self._record_alerts(old["alerts"] if old else [], list(v.get("alerts", [])), int(v["ts_ms"]))
+        self.alerts_seen.record(old["alerts"] if old else [], list(v.get("alerts", [])), int(v["ts_ms"]))
         self.drift[cluster] = {"scores": scores, "alerts": list(v.get("alerts", [])),
                                "reference": dict(v.get("reference", {})), "ts_ms": int(v["ts_ms"])}
 
@@ -738,58 +737,14 @@ class LiveIndex:
         return {"clusters": rows[:limit], "freshness": self.freshness()}
 
     # -- dashboard reads (bounded history this replica applied since it started; not in snapshots) -------------
-    def _record_pair(self, pair: tuple[int, int], p: dict[str, Any]) -> None:
-        """One point of the pair's successor shares per ``pair_history_bucket_ms`` of event time (the latest in
-        the bucket wins; an older point is ignored), at most ``pair_history_points`` per pair and
-        ``pair_history_pairs`` pairs (the least recently updated goes first)."""
-        top = sorted(p["successors"], key=lambda s: (-s["score"], s["cluster"]))[:self.pair_history_successors]
-        point = (p["ts_ms"], round(p["support"], 2), tuple((s["cluster"], round(s["score"], 4)) for s in top))
-        hist = self._pair_history.get(pair)
-        if hist is None:
-            hist = self._pair_history[pair] = deque(maxlen=self.pair_history_points)
-        else:
-            self._pair_history.move_to_end(pair)  # most recently updated last
-        bucket = self.pair_history_bucket_ms
-        if hist and point[0] // bucket == hist[-1][0] // bucket:
-            if point[0] >= hist[-1][0]:
-                hist[-1] = point
-        elif not hist or point[0] > hist[-1][0]:
-            hist.append(point)
-        while len(self._pair_history) > self.pair_history_pairs:
-            self._pair_history.popitem(last=False)
-
-    def _record_alerts(self, old: list[dict[str, Any]], new: list[dict[str, Any]], ts_ms: int | None) -> None:
-        """Keep each alert's latest version (with its evidence) by ``alert_id``, when it was opened, its severity
-        steps, and the event time of the first drift status without it (closed)."""
-        log_ = self._alert_log
-        for a in new:
-            aid = str(a.get("alert_id") or "")
-            if not aid:
-                continue
-            e = log_.get(aid)
-            if e is None:
-                e = log_[aid] = {"alert": a, "opened_ts": a.get("ts"), "closed_ts": None, "steps": []}
-                while len(log_) > self.alert_log_size:
-                    log_.pop(next(iter(log_)))
-            e["alert"], e["closed_ts"] = a, None
-            step = {"ts": a.get("ts"), "severity": a.get("severity"), "score": a.get("score")}
-            if len(e["steps"]) < 8 and (not e["steps"] or e["steps"][-1]["severity"] != step["severity"]):
-                e["steps"] = [*e["steps"], step]
-        still = {str(a.get("alert_id")) for a in new}
-        for a in old:
-            aid = str(a.get("alert_id") or "")
-            if aid and aid not in still:
-                e = log_.setdefault(aid, {"alert": a, "opened_ts": a.get("ts"), "closed_ts": None, "steps": []})
-                e["closed_ts"] = ts_ms
-
     def recent_alerts(self, limit: int = 50) -> dict[str, Any]:
         """Alerts newest first (by the time each opened), open and closed, each with its latest evidence.
 
-        Consistency: what this replica applied since it started (at most ``alert_log_size``), plus every alert a
+        Consistency: what this replica applied since it started (at most ``alerts_seen.size``), plus every alert a
         restored snapshot still has open; an alert that opened and closed within one drift status is not seen."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
             raise BadRequest(f"limit must be an integer in 1..500, got {limit!r}")
-        entries = dict(self._alert_log)
+        entries = dict(self.alerts_seen.entries)
         open_ids = set()
         for st in list(self.drift.values()):
             for a in st["alerts"]:
@@ -826,15 +781,16 @@ class LiveIndex:
 
     def pair_history(self, c1: Any, c2: Any, k: int = 5) -> dict[str, Any]:
         """A pair's current successors (exact: no back-off) and their shares over event time, one point per
-        ``pair_history_bucket_ms``: ``history`` is columnar (``ts_ms``, ``support``, and per successor its
-        ``shares``, ``null`` where it was not among the pair's top ``pair_history_successors`` then)."""
+        ``pair_shares.bucket_ms`` (:class:`~index.history.PairHistory`): ``history`` is columnar (``ts_ms``,
+        ``support``, and per successor its ``shares``, ``null`` where it was not among the pair's top
+        ``pair_shares.successors`` then)."""
         if not self.ready:
             raise NotReady("the index has no codebook yet")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 20:
             raise BadRequest(f"k must be an integer in 1..20, got {k!r}")
         pair = (self._check_cluster(c1), self._check_cluster(c2))
         p = self.pairs.get(pair)
-        hist = list(self._pair_history.get(pair, ()))
+        hist = self.pair_shares.points(pair)
         if p is None and not hist:
             raise NotFound(f"no transitions observed for the pair ({pair[0]}, {pair[1]})")
         succ = self._rank(self._blend([(p, 1.0)], set()), k, "frequency") if p is not None else []
@@ -854,7 +810,7 @@ class LiveIndex:
                 "successors": [{"cluster": s["cluster"], "label": self.label(s["cluster"]),
                                 "score": round(s["score"], 4), "count": round(s["count"], 2),
                                 "trend": round(s["trend"], 4)} for s in succ],
-                "history": {"bucket_ms": self.pair_history_bucket_ms, "ts_ms": [t for t, _, _ in hist],
+                "history": {"bucket_ms": self.pair_shares.bucket_ms, "ts_ms": [t for t, _, _ in hist],
                             "support": [s for _, s, _ in hist], "successors": series},
                 "freshness": self.freshness()}
 

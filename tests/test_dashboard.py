@@ -69,7 +69,7 @@ def test_alert_log_keeps_opened_escalated_and_closed_alerts_newest_first():
 
 def test_alert_log_is_bounded_and_still_lists_open_alerts_it_did_not_see_open():
     live = _index()
-    live.alert_log_size = 3
+    live.alerts_seen.size = 3
     for i in range(6):
         live.apply([drift_mutation(0, scores={"volume": 1.0}, alerts=[_alert(f"y{i}", 0, "warning", i * HOUR)],
                                    reference={}, ts_ms=i * HOUR)])
@@ -108,7 +108,7 @@ def test_pair_history_one_point_per_bucket_and_columnar_series():
 
 def test_pair_history_keeps_the_most_recently_updated_pairs_and_few_points():
     live = _index()
-    live.pair_history_pairs, live.pair_history_points = 2, 3
+    live.pair_shares.max_pairs, live.pair_shares.max_points = 2, 3
     for i in range(5):
         live.apply([_pair(0, 1, {2: 1.0}, i * 2 * HOUR)])
     assert live.pair_history(0, 1)["history"]["ts_ms"] == [4 * HOUR, 6 * HOUR, 8 * HOUR]
@@ -116,7 +116,7 @@ def test_pair_history_keeps_the_most_recently_updated_pairs_and_few_points():
     assert len(live.pair_history(1, 2)["history"]["ts_ms"]) == 1
     evicted = live.pair_history(0, 1)  # the least recently updated pair's history went; its successors did not
     assert evicted["history"]["ts_ms"] == [] and [s["cluster"] for s in evicted["successors"]] == [2]
-    assert set(live._pair_history) == {(1, 2), (2, 0)}
+    assert set(live.pair_shares) == {(1, 2), (2, 0)}
     ranked = live.busiest_pairs(2)
     assert ranked["total"] == 3 and len(ranked["pairs"]) == 2
     assert ranked["pairs"][0]["top_successor"]["cluster"] in (0, 1, 2)
