@@ -235,7 +235,21 @@ class GuardedLogic(StatefulBatchLogic):
 
 class _Redo:
     """A stateful_flat_map state with its redo log: ``base`` (a pickle of the state, or None until the next value)
-    and the values applied since. Bytewax's recovery snapshots only ``state`` (see ``__reduce__``)."""
+    and the values applied since. Bytewax's recovery snapshots only ``state`` (see ``__reduce__``).
+
+    Bytewax snapshots a stateful_flat_map state with ``copy.deepcopy`` at the end of every epoch: a walk in Python
+    over every object of the drift steps' state (3.4x the time of pickling it at K=2,048 clusters). Its copy here
+    is the state pickled instead (:class:`_Frozen`): independent of the live state as a deep copy is, already
+    what the recovery store keeps, and a ``_Redo`` again when the store gives it back.
+
+    >>> import copy
+    >>> w = _Redo({"counts": [1, 2]})
+    >>> snap = copy.deepcopy(w)
+    >>> w.state["counts"].append(3)  # the live state moves on; the snapshot does not
+    >>> back = pickle.loads(pickle.dumps(snap))  # what a recovery store gives back
+    >>> type(back).__name__, back.state
+    ('_Redo', {'counts': [1, 2]})
+    """
 
     __slots__ = ("base", "redo", "size", "state")
 
@@ -244,6 +258,25 @@ class _Redo:
 
     def __reduce__(self) -> tuple:
         return (_Redo, (self.state,))
+
+    def __deepcopy__(self, memo: dict) -> _Frozen:
+        return _Frozen(pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+class _Frozen:
+    """A snapshot of a :class:`_Redo`: its state pickled. Unpickled, it is a ``_Redo`` of that state."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple:
+        return (_thaw, (self.data,))
+
+
+def _thaw(data: bytes) -> _Redo:
+    return _Redo(pickle.loads(data))
 
 
 def guard_redo(step: str, fn: Callable[[Any, list], tuple[Any, list]], size: Callable[[list], int] = len,
