@@ -247,14 +247,11 @@ def order(state: DriftOrder, obs: list[tuple], bucket_ms: int, shards: int) -> t
                         row[2] = o[2]
             elif kind == "t":
                 ops[o[2] % shards].append(("t", o[1], o[2], o[3], o[4]))
-                user = o[6] if len(o) > 6 else ""
-                if cadence is not None:
-                    events = cadence.on_triple(o[1], o[2], o[3], o[4])
-                    # with C_p's scores of it: the successor step's table need not score it again
-                    out.append(ScoredTriple(o[1], o[2], o[3], o[4], user, cadence.last_scores))
-                    cadence_events(events)
-                else:
-                    out.append(ScoredTriple(o[1], o[2], o[3], o[4], user))
+                events = cadence.on_triple(o[1], o[2], o[3], o[4]) if cadence is not None else []
+                # with C_p's scores of it (none without a controller): the successor step need not score it again
+                out.append(ScoredTriple(o[1], o[2], o[3], o[4], o[6] if len(o) > 6 else "",
+                                        cadence.last_scores if cadence is not None else None))
+                cadence_events(events)
             else:
                 ops[o[1] % shards].append(("i", o[1], o[2], o[3], o[4]))
         relay = ops[0]
@@ -342,33 +339,41 @@ def _from_one_monitor(state: tuple, shards: int, partitions: int, make_cadence: 
     return DriftOrder(hold, cadence, monitor.now_ms is not None, shards), handover
 
 
-class ShardState:
-    """One drift shard step's state: its :class:`ClusterDrift`, the ops it passes on to the combiner with its next
-    report (``relay``: volume counts and marks, shard 0 only) and ``place`` = (its index, the number of shards)."""
+class _StepState:
+    """A step's state pickled as the tuple of its ``__slots__`` (in that order); :meth:`of` also reads the list
+    the first sharded version kept instead."""
 
-    __slots__ = ("place", "relay", "shard")
-
-    def __init__(self, shard: ClusterDrift, relay: list[tuple] | None = None, place: tuple[int, int] = (0, 1)) -> None:
-        self.shard, self.relay, self.place = shard, [] if relay is None else relay, place
+    __slots__ = ()
 
     def __getstate__(self) -> tuple:
-        return self.shard, self.relay, self.place
+        return tuple(getattr(self, name) for name in self.__slots__)
 
     def __setstate__(self, state: tuple) -> None:
-        self.shard, self.relay, self.place = state
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
 
     @classmethod
-    def of(cls, state: Any) -> ShardState:
+    def of(cls, state: Any) -> Any:
         """The state as recovered: this class, or the list the first sharded version kept."""
         return state if isinstance(state, cls) else cls(*state)
 
 
-class CombineState:
+class ShardState(_StepState):
+    """One drift shard step's state: its :class:`ClusterDrift`, the ops it passes on to the combiner with its next
+    report (``relay``: volume counts and marks, shard 0 only) and ``place`` = (its index, the number of shards)."""
+
+    __slots__ = ("shard", "relay", "place")
+
+    def __init__(self, shard: ClusterDrift, relay: list[tuple] | None = None, place: tuple[int, int] = (0, 1)) -> None:
+        self.shard, self.relay, self.place = shard, [] if relay is None else relay, place
+
+
+class CombineState(_StepState):
     """The combiner step's state: its :class:`DriftCombiner`, ``waiting`` (boundary -> {shard: report}) for the
     boundaries not every shard has reported yet, ``sent_at`` (cluster -> the boundary of the status last sent) and
     ``latest`` (shard -> the latest boundary it reported)."""
 
-    __slots__ = ("combiner", "latest", "sent_at", "waiting")
+    __slots__ = ("combiner", "waiting", "sent_at", "latest")
 
     def __init__(self, combiner: DriftCombiner, waiting: dict[int, dict[int, dict]] | None = None,
                  sent_at: dict[int, int] | None = None, latest: dict[int, int] | None = None) -> None:
@@ -376,17 +381,6 @@ class CombineState:
         self.waiting = {} if waiting is None else waiting
         self.sent_at = {} if sent_at is None else sent_at
         self.latest = {} if latest is None else latest
-
-    def __getstate__(self) -> tuple:
-        return self.combiner, self.waiting, self.sent_at, self.latest
-
-    def __setstate__(self, state: tuple) -> None:
-        self.combiner, self.waiting, self.sent_at, self.latest = state
-
-    @classmethod
-    def of(cls, state: Any) -> CombineState:
-        """The state as recovered: this class, or the list the first sharded version kept."""
-        return state if isinstance(state, cls) else cls(*state)
 
 
 def _shard_step(make_shard: Callable[[], ClusterDrift], errors: ProcessingErrors = ERRORS):  # noqa: ANN202
