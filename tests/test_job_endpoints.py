@@ -318,7 +318,8 @@ def test_kafka_job_reports_lag_watermark_health_and_readiness(kafka_settings, tm
 
 def test_changelog_follower_reports_its_lag_and_last_apply(kafka_settings):
     """`driftrag serve`'s follower: driftrag_changelog_lag_messages per partition reaches 0 once it applied the
-    changelog (the same LagProbe as the job), and the last-applied time is set."""
+    changelog (the same LagProbe as the job), the last-applied time is set, and every record applied is in the
+    follower's delay histogram (record written -> applied)."""
     import numpy as np
     from confluent_kafka import Producer
 
@@ -340,6 +341,7 @@ def test_changelog_follower_reports_its_lag_and_last_apply(kafka_settings):
         p.produce(topic, key=key, value=value)
     p.flush(30)
     before = time.time()
+    delays_before = REGISTRY.get_sample_value("driftrag_index_changelog_delay_seconds_count") or 0.0
     follower = ChangelogFollower(LiveIndex(backend="cpu"), k.client(), topic).start()
     try:
         deadline = time.monotonic() + 60
@@ -353,5 +355,7 @@ def test_changelog_follower_reports_its_lag_and_last_apply(kafka_settings):
         assert lags == {0: 0, 1: 0, 2: 0}, lags
         assert follower.applied == len(mutations)
         assert REGISTRY.get_sample_value("driftrag_index_last_applied_timestamp_seconds") >= before - 1
+        delays = REGISTRY.get_sample_value("driftrag_index_changelog_delay_seconds_count") - delays_before
+        assert delays == len(mutations)
     finally:
         follower.stop(snapshot=False)
