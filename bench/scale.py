@@ -15,14 +15,15 @@ the clusters differ, so memory differences are the per-cluster and per-pair stat
 process: ``peak_rss_mb`` is its high-water mark (``VmHWM``: embedding model, catalogue, index, the same for every
 K), ``run_peak_rss_mb`` the high-water mark of ``job.run()`` alone (reset just before it, Linux ``clear_refs``),
 ``run_rss_growth_mb`` that minus the RSS before the run: the job's state. ``drift_share`` is the drift steps'
-(``drift_observations``, ``monitor_drift``, ...) share of the job's wall time, by ``bench/profile_pipeline.py``'s
-per-step timers. ``live_pairs``: pairs in the live index after the run. ``snapshot``: ``LiveIndex.save_snapshot``
-of the job's index (bytes on disk, seconds). ``context_ms``: ``LiveIndex.context(clusters=[c1, c2])`` called in
-process (not over HTTP) for ``--context-queries`` pairs drawn from the live pairs (at most ``--context-seconds``),
-with the answer cache off (every answer computed); ``sources`` counts how each was answered (the pair's own
-successors, neighbour pairs, or the global blend over every pair). ``drift_state_snapshot``: the drift steps'
-state (the ordering step's hold and cadence controller, the one shard and the combiner at one worker) as Bytewax's
-``snapshot`` last handed it (what a recovery snapshot pickles), pickled once after the run: bytes and seconds.
+(``drift_observations``, ``monitor_drift``, ``decide_cadence``, ...) share of the job's wall time, by
+``bench/profile_pipeline.py``'s per-step timers. ``live_pairs``: pairs in the live index after the run.
+``snapshot``: ``LiveIndex.save_snapshot`` of the job's index (bytes on disk, seconds). ``context_ms``:
+``LiveIndex.context(clusters=[c1, c2])`` called in process (not over HTTP) for ``--context-queries`` pairs drawn
+from the live pairs (at most ``--context-seconds``), with the answer cache off (every answer computed); ``sources``
+counts how each was answered (the pair's own successors, neighbour pairs, or the global blend over every pair).
+``drift_state_snapshot``: the drift steps' state (the ordering step's hold and cadence clock, the cadence decisions
+with their mirror of C_p, the one shard and the combiner at one worker) as Bytewax's ``snapshot`` last handed it
+(what a recovery snapshot pickles), pickled once after the run: bytes and seconds.
 
 Per index size (``index``): N synthetic unit vectors of dim 384 around 256 centres (cos ~0.7 to their centre:
 structure like embeddings, so an IVF index has clusters to find), applied to a ``LiveIndex`` (the service's
@@ -170,7 +171,7 @@ def child_job(a: argparse.Namespace) -> dict[str, Any]:
     summary = job.run()
     wall = time.perf_counter() - t0
     run_peak = rss_mb()["peak"]
-    drift_s = sum(s for (step, _), s in times.seconds.items() if "drift" in step)
+    drift_s = sum(s for (step, _), s in times.seconds.items() if "drift" in step or "cadence" in step)
     live = job.live
     rng = np.random.default_rng(1)
     pairs = list(live.pairs)
@@ -183,8 +184,10 @@ def child_job(a: argparse.Namespace) -> dict[str, Any]:
             "live_pairs": len(live.pairs), "index_items": len(live.items) if live.items is not None else 0,
             "peak_rss_mb": max(process_peak, run_peak), "run_peak_rss_mb": run_peak, "rss_before_run_mb": before,
             "run_rss_growth_mb": round(run_peak - before, 1), "snapshot": snap,
-            # the drift steps' state: the ordering step (hold, cadence controller), the shard and the combiner
-            "drift_state_snapshot": times.state_snapshot("monitor_drift", "drift_shards", "combine_drift"),
+            # the drift steps' state: the ordering step (hold, cadence clock), the cadence decisions (with their
+            # mirror of C_p), the shard and the combiner
+            "drift_state_snapshot": times.state_snapshot("monitor_drift", "decide_cadence", "drift_shards",
+                                                         "combine_drift"),
             "context_ms": ctx}
 
 

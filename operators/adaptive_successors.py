@@ -63,7 +63,7 @@ from operators.successors import _MAX_LEAD, CounterSnapshot, DecayedCounter, Tre
 
 __all__ = [
     "DEFAULT_HALF_LIVES_MS", "SCORES", "AdaptiveSnapshot", "AdaptiveSuccessorTable", "LiveSnapshot", "LiveSuccessors",
-    "PairEstimate", "Scores", "half_life_label",
+    "PairEstimate", "PairRecords", "half_life_label",
 ]
 
 DAY_MS = 86_400_000
@@ -74,7 +74,6 @@ _N = "n"  # key of the scored-observation count in a score counter
 SCORES = ("brier", "log")
 
 Pair = tuple[Hashable, Hashable]
-Scores = tuple[int, tuple[float, ...]]  # (fingerprint of the state scored, each component's score)
 
 
 def half_life_label(half_life_ms: float) -> str:
@@ -108,6 +107,16 @@ class AdaptiveSnapshot:
     source_counts: tuple[tuple[Hashable, tuple[CounterSnapshot, ...]], ...] = ()  # c2 -> counts per half-life
 
 
+@dataclass(frozen=True, slots=True)
+class PairRecords:
+    """Copies of some pairs' records and of their source clusters' score counters: everything
+    :meth:`AdaptiveSuccessorTable.estimate` reads of those pairs, as of when they were exported
+    (:meth:`AdaptiveSuccessorTable.export`, :meth:`AdaptiveSuccessorTable.install`)."""
+
+    pairs: tuple[tuple[Pair, Any], ...]  # (pair, its _PairCounts)
+    sources: tuple[tuple[Hashable, DecayedCounter], ...]
+
+
 class _PairCounts:
     """One pair's successor counts at every half-life and its components' summed scores, in one record.
 
@@ -136,6 +145,14 @@ class _PairCounts:
         self.scores = array("d", bytes(8 * (h + 2)))
         self.score_ref: Any = None
         self.score_latest: Any = None
+
+    def copy(self) -> _PairCounts:
+        """An independent copy (what a table exports: see :meth:`AdaptiveSuccessorTable.export`)."""
+        new = _PairCounts.__new__(_PairCounts)
+        new.index, new.values, new.totals = dict(self.index), [list(v) for v in self.values], array("d", self.totals)
+        new.refs, new.latest = list(self.refs), self.latest
+        new.scores, new.score_ref, new.score_latest = array("d", self.scores), self.score_ref, self.score_latest
+        return new
 
     def count(self, c: Hashable, ts_ms: int, inv: tuple[float, ...], weight: float = 1.0) -> None:
         """``DecayedCounter.update(c, ts_ms, weight)`` at every half-life (``inv``: 1 / each half-life)."""
@@ -252,7 +269,7 @@ class AdaptiveSuccessorTable:
     """Successor counts of every pair at several half-lives, mixed per pair by their decayed predictive scores."""
 
     __slots__ = ("_glob", "_glob_scores", "_inv", "_pairs", "_score_inv", "_source_counts", "_sources", "backoff",
-                 "half_lives_ms", "labels", "learning_rate", "prior", "score", "score_half_life_ms", "scores_taken")
+                 "half_lives_ms", "labels", "learning_rate", "prior", "score", "score_half_life_ms")
 
     def __init__(self, half_lives_ms: Sequence[float] = DEFAULT_HALF_LIVES_MS, *,
                  score_half_life_ms: float = 14 * DAY_MS, prior: float = 1.0, backoff: float = 200.0,
@@ -285,10 +302,9 @@ class AdaptiveSuccessorTable:
         self._source_counts: dict[Hashable, list[DecayedCounter]] = {}  # c2 -> successor counts per half-life
         self._glob = [DecayedCounter(h) for h in self.half_lives_ms]
         self._glob_scores = DecayedCounter(self.score_half_life_ms)
-        self.scores_taken = 0  # triples scored by another table (see learn); not kept in snapshots or pickles
 
     def __getstate__(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__ if name != "scores_taken"}
+        return {name: getattr(self, name) for name in self.__slots__}
 
     def __setstate__(self, state: Any) -> None:
         """Unpickle, also a table pickled before the compact pair records (a recovery store of an older version:
@@ -296,8 +312,8 @@ class AdaptiveSuccessorTable:
         if isinstance(state, tuple):
             state = state[1]
         for name, value in state.items():
-            object.__setattr__(self, name, value)
-        self.scores_taken = 0
+            if name != "scores_taken":  # (a count of a process's work some versions kept as an attribute)
+                object.__setattr__(self, name, value)
         if "_inv" not in state:
             self._inv = tuple(1.0 / h for h in self.half_lives_ms)
             self._score_inv = 1.0 / self.score_half_life_ms
@@ -308,53 +324,20 @@ class AdaptiveSuccessorTable:
 
     # ------------------------------------------------------------------------------------------------ update
 
-    def update(self, triple: tuple[Hashable, Hashable, Hashable], ts_ms: int,
-               scores: Scores | None = None) -> AdaptiveSuccessorTable:
-        """Score every component on the triple's successor, then count it. ``scores``: what :meth:`learn` returned
-        for the same triple in another table (see there)."""
-        self.learn(triple, ts_ms, scores)
-        return self
-
-    def learn(self, triple: tuple[Hashable, Hashable, Hashable], ts_ms: int, scores: Scores | None = None,
-              share: bool = False) -> Scores | None:
-        """:meth:`update`; with ``share``, returns the components' scores of this triple together with a
-        fingerprint of the state they were computed from (the pair's record, its source cluster's counts and the
-        table's scoring parameters), else None (also with one half-life: nothing is scored).
-
-        Scoring is most of an update's cost, and the job keeps the same pairs in two tables fed the same triples
-        in the same order (the cadence controller's C_p and the successor step's estimate), so the first table's
-        scores travel with the triple to the second. A table takes ``scores`` only when the fingerprint equals its
-        own state's (then the computation would repeat bit for bit); otherwise (a table resumed from another
-        history, other parameters) it scores the triple itself.
-
-        >>> a, b = AdaptiveSuccessorTable(), AdaptiveSuccessorTable()
-        >>> for i, c in enumerate([3, 4, 3, 3]):
-        ...     _ = b.update((1, 2, c), 1_000 * i, scores=a.learn((1, 2, c), 1_000 * i, share=True))
-        >>> b.scores_taken, a.weights((1, 2), 4_000) == b.weights((1, 2), 4_000)
-        (4, True)
-        """
+    def update(self, triple: tuple[Hashable, Hashable, Hashable], ts_ms: int) -> AdaptiveSuccessorTable:
+        """Score every component on the triple's successor, then count it."""
         pair, c = split_triple(triple)
         c1, c2 = pair
         rec = self._pairs.get(pair)
         if rec is None:
             rec = self._pairs[pair] = _PairCounts(len(self._inv))
-        out = None
         if len(self._inv) > 1:  # score every component on c before it learns c
             src = self._sources.get(c2)
             if src is None:
                 src = self._sources[c2] = DecayedCounter(self.score_half_life_ms)
                 self._source_counts[c2] = [DecayedCounter(h) for h in self.half_lives_ms]
             src_counts = self._source_counts[c2]
-            lps = None
-            if scores is not None or share:
-                state = self._fingerprint(rec, src_counts)
-                if scores is not None and scores[0] == state:
-                    lps = list(enumerate(scores[1]))
-                    self.scores_taken += 1
-            if lps is None:
-                lps = self._component_scores(rec, src_counts, c1, c, ts_ms)
-            if share:
-                out = (state, tuple(s for _, s in lps))
+            lps = self._component_scores(rec, src_counts, c1, c, ts_ms)
             rec.score(lps, ts_ms, self._score_inv)
             lps.append((_N, 1.0))
             src.update_each(lps, ts_ms)
@@ -364,21 +347,13 @@ class AdaptiveSuccessorTable:
         rec.count(c, ts_ms, self._inv)
         for g in self._glob:
             g.update(c, ts_ms)
-        return out
-
-    def _fingerprint(self, rec: _PairCounts, src_counts: list[DecayedCounter]) -> int:
-        """A hash of everything :meth:`_component_scores` reads besides the triple: the pair's stored counts (their
-        totals, references and latest time stand for them), its source cluster's, and the scoring parameters.
-        Numbers only, so it is the same in every process (a str's hash is not)."""
-        return hash((self.prior, self.score == "brier", *self.half_lives_ms, rec.latest, *rec.refs, *rec.totals,
-                     *[x for g in src_counts for x in (g._ref, g._latest, g._total)]))
+        return self
 
     def _component_scores(self, rec: _PairCounts, src_counts: list[DecayedCounter], c1: Hashable,
                           c: Hashable, ts_ms: int) -> list[tuple[int, float]]:
         """Each component's score on successor ``c`` of a pair leaving ``c1``: (component index, score). The
         counters are read at ``ts_ms`` through their stored values and one scale each (this runs for every
-        triple, twice in the job: the successor step and the cadence controller); the arithmetic is the formula
-        of the module docstring, term by term."""
+        triple); the arithmetic is the formula of the module docstring, term by term."""
         prior, brier, floor = self.prior, self.score == "brier", _FLOOR
         out = []
         index, values, totals = rec.index, rec.values, rec.totals
@@ -525,6 +500,32 @@ class AdaptiveSuccessorTable:
     def pairs(self) -> list[Pair]:
         """Every pair seen, in first-seen order."""
         return list(self._pairs)
+
+    def export(self, pairs: Sequence[Pair]) -> PairRecords:
+        """Copies of what :meth:`estimate` reads of ``pairs`` (unseen ones are left out): their records and their
+        source clusters' score counters. A table with the same parameters that :meth:`install` s them answers
+        :meth:`estimate` for those pairs as this one does now, bit for bit, until this one learns another triple
+        of them or of their source clusters; nothing is scored there.
+
+        >>> a, mirror = AdaptiveSuccessorTable(), AdaptiveSuccessorTable()
+        >>> for i, c in enumerate([3, 4, 3, 3]):
+        ...     _ = a.update((1, 2, c), 1_000 * i)
+        ...     _ = a.update((5, 2, 4), 1_000 * i)
+        >>> mirror.install(a.export([(1, 2), (9, 9)]))
+        >>> mirror.pairs(), mirror.estimate((1, 2), 10_000) == a.estimate((1, 2), 10_000)
+        ([(1, 2)], True)
+        """
+        recs = self._pairs
+        out = [(p, recs[p].copy()) for p in pairs if p in recs]
+        sources = dict.fromkeys(p[1] for p, _ in out)
+        return PairRecords(tuple(out), tuple((c, self._sources[c].copy()) for c in sources if c in self._sources))
+
+    def install(self, records: PairRecords) -> None:
+        """Take exported records (see :meth:`export`) in place of this table's own of those pairs and sources."""
+        for pair, rec in records.pairs:
+            self._pairs[pair] = rec
+        for c, src in records.sources:
+            self._sources[c] = src
 
     def __len__(self) -> int:
         return len(self._pairs)
@@ -673,19 +674,17 @@ class LiveSuccessors:
             self._latest[pair] = ts_ms
         return pair
 
-    def score(self, triple: tuple[Hashable, Hashable, Hashable], ts_ms: int, key: Hashable = None,
-              scores: Scores | None = None) -> Pair:
+    def score(self, triple: tuple[Hashable, Hashable, Hashable], ts_ms: int, key: Hashable = None) -> Pair:
         """Learn an observed transition in the canonical order: the pair's trend reference rolls (on what the
-        table has learned: the same whatever the arrival order), the table scores then counts it (``scores``: the
-        components' scores another table computed from the same state, see :meth:`AdaptiveSuccessorTable.learn`),
-        and the pair's weights become the table's now."""
+        table has learned: the same whatever the arrival order), the table scores then counts it, and the pair's
+        weights become the table's now."""
         pair, c = split_triple(triple)
         trend = self.trends.get(pair)
         if trend is None:
             trend = self.trends[pair] = TrendReference()
         trend.roll(ts_ms, self.trend_window_ms, lambda: self._learned_shares(pair, ts_ms))
         self._add_pending(pair, (c, ts_ms, key), -1)
-        self.table.learn(triple, ts_ms, scores)
+        self.table.update(triple, ts_ms)
         self._weights[pair] = tuple(self.table._weights(pair, ts_ms))  # noqa: SLF001
         return pair
 

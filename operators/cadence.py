@@ -37,17 +37,17 @@ jumps), all priced in one cost unit:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
 
-from operators.adaptive_successors import DEFAULT_HALF_LIVES_MS, AdaptiveSuccessorTable, Scores
+from operators.adaptive_successors import DEFAULT_HALF_LIVES_MS, AdaptiveSuccessorTable
 
 __all__ = [
-    "DAY_MS", "HOUR_MS", "KINDS", "CadenceConfig", "CadenceController", "CadenceEvent", "finetune_due",
-    "drift_change", "refresh_due", "total_variation",
+    "DAY_MS", "HOUR_MS", "KINDS", "CadenceBook", "CadenceCheck", "CadenceClock", "CadenceConfig", "CadenceController",
+    "CadenceEvent", "drift_change", "finetune_due", "read_estimate", "refresh_due", "total_variation",
 ]
 
 HOUR_MS = 3_600_000
@@ -211,35 +211,90 @@ def _top(dist: dict[int, float], k: int) -> list[int]:
     return [c for c, _ in sorted(dist.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
 
 
-class CadenceController:
-    """Feeds on triples in event-time order and emits :class:`CadenceEvent` at hourly (``check_every_ms``) checks.
+class CadenceClock:
+    """Event time as the controller sees it: which check boundaries (multiples of ``check_every_ms``) a triple or
+    an advance passes, and the pairs with triples since the last check, in first-seen order. It needs no
+    successor state, so the job's ordering step keeps it while the estimates C_p live in the successor step
+    (streams/cadence_stage.py).
 
-    >>> ctl = CadenceController(CadenceConfig(min_support=5.0, min_change=0.3))
-    >>> hour0 = [(1, 2, 3, i * 60_000) for i in range(60)]           # (1, 2) -> 3, once a minute
-    >>> hour1 = [(1, 2, 5, HOUR_MS + i * 60_000) for i in range(60)]  # then -> 5
-    >>> events = ctl.on_triples(hour0 + hour1) + ctl.advance(2 * HOUR_MS)
-    >>> [(e.event_id, e.pairs[0]["pair"], e.pairs[0]["top_before"], e.pairs[0]["top_after"]) for e in events]
-    [('rag_refresh-7200000', [1, 2], [3], [5, 3])]
-    >>> events[0].reason  # change: total variation ~0.50 less ~0.04 of sampling noise (row from ~60 triples)
-    'refresh 1 stale pair: expected loss 1.40 >= refresh cost 1; largest (1, 2): change 0.47 over 60 events'
-    >>> ctl.status()["refreshes"], round(ctl.debt, 2)
-    (1, 1.4)
+    >>> clock = CadenceClock(HOUR_MS)
+    >>> clock.on_triple(1, 2, 3, 10), clock.on_triple(4, 2, 3, 20), clock.on_triple(1, 2, 3, 30)
+    ([], [], [])
+    >>> clock.on_triple(1, 2, 5, HOUR_MS + 5)  # the check at 1 h, then this triple counts for the next one
+    [CadenceCheck(ts_ms=3600000, start_ms=10, pending=((1, 2, 2), (4, 2, 1)))]
+    >>> [(c.ts_ms, c.pending) for c in clock.advance(3 * HOUR_MS)]
+    [(7200000, ((1, 2, 1),)), (10800000, ())]
     """
 
-    # The latest triple's component scores in C_p with their state's fingerprint: the successor step's table
-    # holds the same pairs and takes them instead of scoring the triple again (AdaptiveSuccessorTable.learn).
-    last_scores: Scores | None = None
+    __slots__ = ("every", "now", "pending", "ref", "start")
 
-    def __init__(self, config: CadenceConfig | None = None) -> None:
-        self.config = config if config is not None else CadenceConfig()
-        self._reset()
+    def __init__(self, every_ms: int = HOUR_MS) -> None:
+        self.every = every_ms
+        self.now: int | None = None
+        self.start = 0  # event time of the first triple (the "last fine-tune" before any)
+        self.ref = 0  # event time of the last check (or the boundary before the first event)
+        self.pending: dict[tuple[int, int], int] = {}  # triples per pair since the last check
 
-    def _reset(self) -> None:
-        self._table = AdaptiveSuccessorTable(self.config.half_lives())  # C_p of every pair
-        self._now: int | None = None
-        self._start = 0  # event time of the first triple (the "last fine-tune" before any)
-        self._ref = 0  # event time of the last check (or the boundary before the first event)
-        self._pending: dict[tuple[int, int], int] = {}  # triples since the last check
+    def __getstate__(self) -> tuple:
+        return self.every, self.now, self.start, self.ref, self.pending
+
+    def __setstate__(self, state: tuple) -> None:
+        self.every, self.now, self.start, self.ref, self.pending = state
+
+    def boundaries(self, ts_ms: int) -> list[int]:
+        """Move event time to ``ts_ms`` (never back); the check boundaries passed, oldest first (one call may
+        pass many: how far it jumps depends on how the stream was batched, and the decisions must not)."""
+        every = self.every
+        if self.now is None:
+            self.now = self.start = ts_ms
+            self.ref = ts_ms - ts_ms % every
+            return []
+        if ts_ms <= self.now:
+            return []
+        self.now = ts_ms
+        out = list(range(self.ref + every, ts_ms - ts_ms % every + 1, every))
+        if out:
+            self.ref = out[-1]
+        return out
+
+    def take(self) -> dict[tuple[int, int], int]:
+        """The pairs with triples since the last check (and their counts), in first-seen order; starts anew."""
+        pending, self.pending = self.pending, {}
+        return pending
+
+    def count(self, key: tuple[int, int]) -> None:
+        self.pending[key] = self.pending.get(key, 0) + 1
+
+    def advance(self, ts_ms: int) -> list[CadenceCheck]:
+        """:meth:`boundaries` as checks, each with the pairs it must re-read (the first one takes them all)."""
+        return [CadenceCheck(b, self.start, tuple((*k, n) for k, n in self.take().items()))
+                for b in self.boundaries(ts_ms)]
+
+    def on_triple(self, c1: int, c2: int, c_next: int, ts_ms: int) -> list[CadenceCheck]:
+        """:meth:`advance` to ``ts_ms``, then count the triple's pair (for the next check)."""
+        checks = self.advance(ts_ms)
+        self.count((c1, c2))
+        return checks
+
+
+@dataclass(frozen=True, slots=True)
+class CadenceCheck:
+    """One check due at ``ts_ms``: ``pending`` = (c1, c2, triples since the last check) per pair, in first-seen
+    order (the drift debt sums them in it); ``start_ms``: the first triple's event time."""
+
+    ts_ms: int
+    start_ms: int
+    pending: tuple[tuple[int, int, int], ...]
+
+
+class CadenceBook:
+    """The controller's decisions and what they rest on, per pair: R_p (the row's distribution), B_p (the base
+    model's), their effective sample sizes, the stale traffic; and the drift debt. Each check is given the pairs'
+    readings of C_p (``read(pair, ts) -> (support, distribution, effective sample size)``), so the estimates can
+    live elsewhere (:class:`CadenceController` keeps them beside it; the job in the successor step)."""
+
+    def __init__(self, config: CadenceConfig) -> None:
+        self.config = config
         self._rows: dict[tuple[int, int], dict[int, float]] = {}
         self._base: dict[tuple[int, int], dict[int, float]] = {}
         self._n: dict[tuple[int, int], list[float]] = {}  # effective sample sizes of [row, base]
@@ -249,58 +304,18 @@ class CadenceController:
         self._refreshes = self._finetunes = self._stale_pairs = 0
         self._stale_keys: set[tuple[int, int]] = set()
 
-    # ------------------------------------------------------------------------------------------------ updates
-
-    def on_triple(self, c1: int, c2: int, c_next: int, ts_ms: int) -> list[CadenceEvent]:
-        """Advance event time to ``ts_ms`` (events of the checks passed), then count the triple."""
-        events = self.advance(ts_ms) if self._now is None or ts_ms > self._now else []
-        self.last_scores = self._table.learn((c1, c2, c_next), ts_ms, share=True)
-        key = (c1, c2)
-        self._pending[key] = self._pending.get(key, 0) + 1
-        return events
-
-    def on_triples(self, triples: Iterable[tuple[int, int, int, int]]) -> list[CadenceEvent]:
-        events: list[CadenceEvent] = []
-        for c1, c2, c_next, ts_ms in triples:
-            events += self.on_triple(c1, c2, c_next, ts_ms)
-        return events
-
-    def advance(self, ts_ms: int) -> list[CadenceEvent]:
-        """Move event time to ``ts_ms`` (never back) and run a check at every boundary passed, in turn: how far one
-        call jumps depends on how the stream was batched, and the decisions must not."""
-        every = self.config.check_every_ms
-        if self._now is None:
-            self._now = self._start = ts_ms
-            self._ref = ts_ms - ts_ms % every
-            return []
-        if ts_ms <= self._now:
-            return []
-        self._now = ts_ms
-        boundary = ts_ms - ts_ms % every
-        events: list[CadenceEvent] = []
-        for bnd in range(self._ref + every, boundary + 1, every):
-            events += self._check(bnd)
-        return events
-
-    # ------------------------------------------------------------------------------------------------- checks
-
-    def _read(self, key: tuple[int, int], ts_ms: int) -> tuple[float, dict[int, float], float]:
-        """The pair's (support, successor distribution, effective sample size) at ``ts_ms``."""
-        support, counts, size = self._table.estimate(key, ts_ms)
-        return support, ({c: v / support for c, v in counts.items()} if support > 0 else {}), size
-
-    def _check(self, ts_ms: int) -> list[CadenceEvent]:
-        """Only pairs with triples since the last check can change a decision (a pair without new data keeps its
-        distribution and its stale traffic, and its support only decays), so only they are re-read here; the
-        rest are read when a fine-tune needs every pair."""
+    def check(self, ts_ms: int, start_ms: int, pending: dict[tuple[int, int], int],
+              read: Callable[[tuple[int, int], int], tuple[float, dict[int, float], float]],
+              pairs: Callable[[], Iterable[tuple[int, int]]]) -> list[CadenceEvent]:
+        """The check at ``ts_ms``. Only pairs with triples since the last check (``pending``) can change a decision
+        (a pair without new data keeps its distribution and its stale traffic, and its support only decays), so
+        only they (and the stale rows) are re-read; every pair (``pairs()``) is read when a fine-tune needs it."""
         cfg = self.config
-        self._ref = ts_ms
-        pending, self._pending = self._pending, {}
         support: dict[tuple[int, int], float] = {}
         dist: dict[tuple[int, int], dict[int, float]] = {}
         ess: dict[tuple[int, int], float] = {}
         for key in list(pending) + [k for k in self._stale_keys if k not in pending]:
-            support[key], dist[key], ess[key] = self._read(key, ts_ms)
+            support[key], dist[key], ess[key] = read(key, ts_ms)
         for key, n in pending.items():
             self._stale[key] = self._stale.get(key, 0) + n
         sizes = self._n
@@ -318,14 +333,54 @@ class CadenceController:
                 traffic += n
                 weighted += n * change
         self._debt += weighted * cfg.miss_cost
-        since = self._last_finetune if self._last_finetune is not None else self._start
+        since = self._last_finetune if self._last_finetune is not None else start_ms
         due, reason = finetune_due(self._debt, ts_ms - since, cfg)
         if due:
-            for key in self._table.pairs():
+            for key in pairs():
                 if key not in support:
-                    support[key], dist[key], ess[key] = self._read(key, ts_ms)
+                    support[key], dist[key], ess[key] = read(key, ts_ms)
             return [self._finetune(ts_ms, since, reason, weighted / traffic if traffic else 0.0, support, dist, ess)]
         return self._refresh(ts_ms, support, dist, ess)
+    @property
+    def debt(self) -> float:
+        return self._debt
+
+    @property
+    def last_finetune_ms(self) -> int | None:
+        return self._last_finetune
+
+    @property
+    def refreshes(self) -> int:
+        return self._refreshes
+
+    @property
+    def finetunes(self) -> int:
+        return self._finetunes
+
+    def status(self, now_ms: int | None, pairs: int) -> dict[str, Any]:
+        """Counters as of the last check; ``stale_pairs``: rows changed >= ``min_change`` but not worth a refresh."""
+        return {"now_ms": now_ms, "debt": self._debt, "finetune_cost": self.config.finetune_cost,
+                "last_finetune_ms": self._last_finetune, "pairs": pairs, "stale_pairs": self._stale_pairs,
+                "refreshes": self._refreshes, "finetunes": self._finetunes}
+
+    def pair_snapshot(self, key: tuple[int, int]) -> list[Any]:
+        """[row, base, stale traffic, sample sizes, stale?] of a pair as plain lists (see :meth:`load_pair`)."""
+
+        def items(d: dict[int, float] | None) -> list[list[float]] | None:
+            return None if d is None else [[k, v] for k, v in d.items()]
+
+        return [items(self._rows.get(key)), items(self._base.get(key)), self._stale.get(key, 0), self._n.get(key),
+                key in self._stale_keys]
+
+    def load_pair(self, key: tuple[int, int], row: Any, base: Any, stale: int, sizes: Any, is_stale: bool) -> None:
+        if is_stale:
+            self._stale_keys.add(key)
+        if sizes is not None:
+            self._n[key] = list(sizes)
+        for target, value in ((self._rows, row), (self._base, base)):
+            if value is not None:
+                target[key] = {k: v for k, v in value}
+        self._stale[key] = stale
 
     def _finetune(self, ts_ms: int, since: int, reason: str, drift: float, support: dict[tuple[int, int], float],
                   dist: dict[tuple[int, int], dict[int, float]], ess: dict[tuple[int, int], float]) -> CadenceEvent:
@@ -378,11 +433,66 @@ class CadenceController:
         self._refreshes += 1
         return [CadenceEvent("rag_refresh", ts_ms, tuple(pairs), reason, evidence)]
 
+
+
+class CadenceController:
+    """Feeds on triples in event-time order and emits :class:`CadenceEvent` at hourly (``check_every_ms``) checks:
+    C_p of every pair (an :class:`AdaptiveSuccessorTable`), the :class:`CadenceClock` and the
+    :class:`CadenceBook` in one object.
+
+    >>> ctl = CadenceController(CadenceConfig(min_support=5.0, min_change=0.3))
+    >>> hour0 = [(1, 2, 3, i * 60_000) for i in range(60)]           # (1, 2) -> 3, once a minute
+    >>> hour1 = [(1, 2, 5, HOUR_MS + i * 60_000) for i in range(60)]  # then -> 5
+    >>> events = ctl.on_triples(hour0 + hour1) + ctl.advance(2 * HOUR_MS)
+    >>> [(e.event_id, e.pairs[0]["pair"], e.pairs[0]["top_before"], e.pairs[0]["top_after"]) for e in events]
+    [('rag_refresh-7200000', [1, 2], [3], [5, 3])]
+    >>> events[0].reason  # change: total variation ~0.50 less ~0.04 of sampling noise (row from ~60 triples)
+    'refresh 1 stale pair: expected loss 1.40 >= refresh cost 1; largest (1, 2): change 0.47 over 60 events'
+    >>> ctl.status()["refreshes"], round(ctl.debt, 2)
+    (1, 1.4)
+    """
+
+    def __init__(self, config: CadenceConfig | None = None) -> None:
+        self.config = config if config is not None else CadenceConfig()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._table = AdaptiveSuccessorTable(self.config.half_lives())  # C_p of every pair
+        self._clock = CadenceClock(self.config.check_every_ms)
+        self._book = CadenceBook(self.config)
+
+    # ------------------------------------------------------------------------------------------------ updates
+
+    def on_triple(self, c1: int, c2: int, c_next: int, ts_ms: int) -> list[CadenceEvent]:
+        """Advance event time to ``ts_ms`` (events of the checks passed), then count the triple."""
+        events = self.advance(ts_ms)
+        self._table.update((c1, c2, c_next), ts_ms)
+        self._clock.count((c1, c2))
+        return events
+
+    def on_triples(self, triples: Iterable[tuple[int, int, int, int]]) -> list[CadenceEvent]:
+        events: list[CadenceEvent] = []
+        for c1, c2, c_next, ts_ms in triples:
+            events += self.on_triple(c1, c2, c_next, ts_ms)
+        return events
+
+    def advance(self, ts_ms: int) -> list[CadenceEvent]:
+        """Move event time to ``ts_ms`` (never back) and run a check at every boundary passed, in turn: how far one
+        call jumps depends on how the stream was batched, and the decisions must not."""
+        clock, events = self._clock, []
+        for boundary in clock.boundaries(ts_ms):
+            events += self._book.check(boundary, clock.start, clock.take(), self._read, self._table.pairs)
+        return events
+
+    def _read(self, key: tuple[int, int], ts_ms: int) -> tuple[float, dict[int, float], float]:
+        """The pair's (support, successor distribution, effective sample size) at ``ts_ms``."""
+        return read_estimate(self._table, key, ts_ms)
+
     # ------------------------------------------------------------------------------------------------- results
 
     @property
     def last_finetune_ms(self) -> int | None:
-        return self._last_finetune
+        return self._book.last_finetune_ms
 
     @property
     def successors(self) -> AdaptiveSuccessorTable:
@@ -390,80 +500,101 @@ class CadenceController:
         return self._table
 
     @property
+    def book(self) -> CadenceBook:
+        """R_p, B_p, the stale traffic and the debt (read it; the controller alone updates it)."""
+        return self._book
+
+    @property
+    def clock(self) -> CadenceClock:
+        return self._clock
+
+    @property
     def debt(self) -> float:
-        return self._debt
+        return self._book.debt
 
     @property
     def now_ms(self) -> int | None:
-        return self._now
+        return self._clock.now
 
     @property
     def refreshes(self) -> int:
         """Number of ``rag_refresh`` events emitted (each may re-infer many rows)."""
-        return self._refreshes
+        return self._book.refreshes
 
     @property
     def finetunes(self) -> int:
-        return self._finetunes
+        return self._book.finetunes
 
     def status(self) -> dict[str, Any]:
         """Counters as of the last check; ``stale_pairs``: rows changed >= ``min_change`` but not worth a refresh."""
-        return {"now_ms": self._now, "debt": self._debt, "finetune_cost": self.config.finetune_cost,
-                "last_finetune_ms": self._last_finetune, "pairs": len(self._table),
-                "stale_pairs": self._stale_pairs, "refreshes": self._refreshes, "finetunes": self._finetunes}
+        return self._book.status(self._clock.now, len(self._table))
 
     def __repr__(self) -> str:
-        return f"CadenceController(pairs={len(self._table)}, now_ms={self._now}, debt={self._debt:.1f})"
+        return f"CadenceController(pairs={len(self._table)}, now_ms={self._clock.now}, debt={self.debt:.1f})"
 
     # ----------------------------------------------------------------------------------------------- snapshots
 
     def snapshot(self) -> dict[str, Any]:
         """The whole state as plain lists/dicts/numbers (JSON-able, with ``Infinity`` for no decay, and picklable);
         dict orders are kept."""
-
-        def items(d: dict[int, float] | None) -> list[list[float]] | None:
-            return None if d is None else [[k, v] for k, v in d.items()]
-
-        pairs = [[key[0], key[1], items(self._rows.get(key)), items(self._base.get(key)), self._stale.get(key, 0),
-                  self._n.get(key), key in self._stale_keys] for key in self._table.pairs()]
+        book, clock = self._book, self._clock
+        pairs = [[key[0], key[1], *book.pair_snapshot(key)] for key in self._table.pairs()]
         config = {**asdict(self.config), "half_lives_ms": list(self.config.half_lives_ms)}
-        return {"version": 2, "config": config, "now_ms": self._now, "start_ms": self._start,
-                "ref_ms": self._ref, "debt": self._debt, "last_finetune_ms": self._last_finetune,
-                "refreshes": self._refreshes, "finetunes": self._finetunes, "stale_pairs": self._stale_pairs,
+        return {"version": 2, "config": config, "now_ms": clock.now, "start_ms": clock.start,
+                "ref_ms": clock.ref, "debt": book._debt, "last_finetune_ms": book._last_finetune,
+                "refreshes": book._refreshes, "finetunes": book._finetunes, "stale_pairs": book._stale_pairs,
                 "table": self._table.to_plain(), "pairs": pairs,
-                "pending": [[k[0], k[1], n] for k, n in self._pending.items()]}
+                "pending": [[k[0], k[1], n] for k, n in clock.pending.items()]}
 
     @classmethod
     def from_snapshot(cls, snap: dict[str, Any]) -> CadenceController:
         if snap.get("version") != 2:
             raise ValueError(f"unsupported cadence snapshot version {snap.get('version')!r} (expected 2)")
         ctl = cls(CadenceConfig(**snap["config"]))
-        ctl._now, ctl._start, ctl._ref, ctl._debt = snap["now_ms"], snap["start_ms"], snap["ref_ms"], snap["debt"]
-        ctl._last_finetune, ctl._stale_pairs = snap["last_finetune_ms"], snap["stale_pairs"]
-        ctl._refreshes, ctl._finetunes = snap["refreshes"], snap["finetunes"]
+        book, clock = ctl._book, ctl._clock
+        clock.now, clock.start, clock.ref = snap["now_ms"], snap["start_ms"], snap["ref_ms"]
+        book._debt, book._last_finetune, book._stale_pairs = snap["debt"], snap["last_finetune_ms"], snap["stale_pairs"]
+        book._refreshes, book._finetunes = snap["refreshes"], snap["finetunes"]
         ctl._table = AdaptiveSuccessorTable.from_plain(snap["table"])
-        for c1, c2, row, base, stale, sizes, is_stale in snap["pairs"]:
-            key = (c1, c2)
-            if is_stale:
-                ctl._stale_keys.add(key)
-            if sizes is not None:
-                ctl._n[key] = list(sizes)
-            for target, value in ((ctl._rows, row), (ctl._base, base)):
-                if value is not None:
-                    target[key] = {k: v for k, v in value}
-            ctl._stale[key] = stale
-        ctl._pending = {(c1, c2): n for c1, c2, n in snap["pending"]}
+        for c1, c2, *record in snap["pairs"]:
+            book.load_pair((c1, c2), *record)
+        clock.pending = {(c1, c2): n for c1, c2, n in snap["pending"]}
         return ctl
 
+    # The controller's state before the clock and the book were their own objects (recovery stores of earlier
+    # versions pickled it with these attributes).
+    _BOOK_FIELDS = ("_rows", "_base", "_n", "_stale", "_debt", "_last_finetune", "_refreshes", "_finetunes",
+                    "_stale_pairs", "_stale_keys")
+
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickle, also a controller pickled before C_p was the adaptive table (a recovery store of an older
-        version): its counts, each scaled to its pair's own time, become a table of its one fixed half-life."""
-        self.__dict__.update(state)
+        """Unpickle, also a controller of an earlier version (a recovery store): one pickled with its decisions,
+        its clock and C_p as its own attributes; and one pickled before C_p was the adaptive table (its counts,
+        each scaled to its pair's own time, become a table of its one fixed half-life)."""
+        state = dict(state)
+        if "_book" not in state:
+            config = state["config"]
+            book = CadenceBook(config)
+            for name in self._BOOK_FIELDS:
+                if name in state:
+                    setattr(book, name, state.pop(name))
+            clock = CadenceClock(config.check_every_ms)
+            clock.now, clock.start, clock.ref = state.pop("_now", None), state.pop("_start", 0), state.pop("_ref", 0)
+            clock.pending = state.pop("_pending", {})
+            state["_book"], state["_clock"] = book, clock
         if "_table" not in state:
             half_life = state["config"].half_life_ms
             table = AdaptiveSuccessorTable((half_life,))
             for key, row in state["_counts"].items():
                 table.add_counts(key, row, state["_scaled_at"][key])
-            self._table = table
+            state["_table"] = table
             for name in ("_counts", "_scaled_at", "_inv_half_life"):
-                self.__dict__.pop(name, None)
+                state.pop(name, None)
+        self.__dict__.update(state)
+
+
+def read_estimate(table: AdaptiveSuccessorTable, key: tuple[int, int], ts_ms: int
+                  ) -> tuple[float, dict[int, float], float]:
+    """A pair's (support, successor distribution, effective sample size) at ``ts_ms`` in ``table``: what
+    :meth:`CadenceBook.check` reads of C_p."""
+    support, counts, size = table.estimate(key, ts_ms)
+    return support, ({c: v / support for c, v in counts.items()} if support > 0 else {}), size

@@ -10,8 +10,9 @@
                        -> transitions (streams/transitions_stage.py) -> pairs sink   PairState
                        -> index mutations (streams/index_stage.py) -> mutations sink  Mutation
                        -> drift monitor (streams/drift_stage.py) -> alerts sink  Alert; drift status -> mutations
-                            + cadence controller                     -> cadence sink CadenceEvent
                             + its triples again, in event-time order -> transitions (each pair's time scale)
+                            + cadence checks: the transitions export C_p's records to the cadence step
+                              (streams/cadence_stage.py)             -> cadence sink CadenceEvent
                   -> events sink (without clustering)       Engagement | ContentEvent
 
 The events sink is where the next stages (transitions, drift, index) attach.
@@ -38,7 +39,7 @@ from bytewax.outputs import FixedPartitionedSink, Sink
 from operators.adaptive_successors import DEFAULT_HALF_LIVES_MS
 from streams.content_stage import ClusteringConfig, cluster_events, tally_items
 from streams.contract import ContentEvent, DeadLetter, Engagement, Validator, dead_letter_key
-from streams.drift_stage import drift_alerts_and_status
+from streams.drift_stage import drift_alerts_and_status, order_drift
 from streams.errors import guard_batch
 from streams.index_stage import index_mutations
 from streams.metrics import DEAD_LETTERS, STEP_RECORDS, StepCounts
@@ -150,11 +151,19 @@ def build_flow(
     if not later:
         return flow
     triples = mine_triples(clustered, counts, clustering.shards)
-    drift_status = scored = None
+    drift_status = scored = ordering = None
     if drift_monitor is not None:
-        alerts, drift_status, cadence_events, scored = drift_alerts_and_status(
-            items, clustered, triples, drift_monitor, cadence, engagement_partitions,
-            clustering.shards if drift_shards is None else drift_shards, clustering.shards)
+        cadence_config = cadence().config if cadence is not None else None
+        if cadence_config is not None and tuple(cadence_config.half_lives()) != tuple(half_lives_ms):
+            raise ValueError(f"the cadence controller's C_p is the successor estimate: its half-lives "
+                             f"{cadence_config.half_lives()} must be the successor step's {tuple(half_lives_ms)}")
+        ordering = order_drift(items, clustered, triples, drift_monitor, cadence_config, engagement_partitions,
+                               clustering.shards if drift_shards is None else drift_shards, clustering.shards)
+        scored = ordering.scored
+    pair_states, records = count_successors(triples, scored, half_lives_ms=half_lives_ms,
+                                            trend_window_ms=trend_window_ms, counts=counts)
+    if ordering is not None:
+        alerts, drift_status, cadence_events = drift_alerts_and_status(ordering, records)
         alerts = count("count_alerts", alerts, ("drift", "out"))
         cadence_events = count("count_cadence", cadence_events, ("drift", "out"))
         drift_status = count("count_drift_status", drift_status, ("drift", "out"), *index)
@@ -162,8 +171,6 @@ def build_flow(
             write("write_alerts", alerts, alerts_sink)
         if cadence_sink is not None:
             write("write_cadence", cadence_events, cadence_sink)
-    pair_states = count_successors(triples, scored, half_lives_ms=half_lives_ms, trend_window_ms=trend_window_ms,
-                                   counts=counts)
     if pairs_sink is not None:
         write("write_pairs", pair_states, pairs_sink)
     if mutations_sink is not None:

@@ -3,9 +3,13 @@
     EmbeddedItem | ClusteredEngagement | Triple
       -> drift_observations   per batch: compact (kind, cluster, ts, ...) tuples
       -> monitor_drift        one key: the event-time hold, each complete hour in a canonical order, and the
-           |                  CadenceController over the triples (a fine-tune marks a new drift reference)
+           |                  cadence clock (which hourly checks each triple passes)
+           -> ScoredTriple (the triples in that order), CadenceFlush (before each check)
+           |                  -> the successor step: each pair's time scale; C_p's records for the check
+           -> DriftBundle (each call's ops for the shards, with the checks they pass)
+      -> decide_cadence       one key: the cadence decisions (streams/cadence_stage.py); a bundle goes on once
+           |                  its checks are decided (a fine-tune marks a new drift reference)
            -> CadenceEvent (rag_refresh | fine_tune) -> cadence topic / cadence.jsonl, metrics
-           -> ScoredTriple (the triples in that order)  -> the successor estimates' transition scores
       -> drift_shards         key = cluster % shards: each cluster's engagement and content signals, the pairs
            |                  into it (pair JSD) and its pooled test's windows (ClusterDrift); every shard sees
            |                  every boundary and reports each one
@@ -14,10 +18,12 @@
            -> Alert                          -> drift-alerts topic / alerts.jsonl, webhook, metrics
            -> drift:{cluster} mutation       -> the live index (GET /v1/drift, /v1/clusters/{id})
 
-The shards hold the state that grows with clusters and pairs, spread over the workers; the two one-key steps
-handle a few calls per cluster and hour. Every step gets whole batches (one call per batch), which keeps drift
-off the per-event Bytewax path. The alerts and statuses do not depend on the number of shards: the combiner
-reads every shard's report of a boundary in shard order and sums across clusters in cluster order.
+The shards hold the state that grows with clusters and pairs, spread over the workers (so does the successor
+step, which holds the cadence controller's C_p); the one-key steps handle a few calls per cluster and hour (and
+the ordering one list append per event). Every step gets whole batches (one call per batch), which keeps drift
+off the per-event Bytewax path. The alerts, statuses and cadence decisions do not depend on the number of
+shards: the combiner reads every shard's report of a boundary in shard order and sums across clusters in
+cluster order, and the cadence step reads each check's pairs in first-seen order.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
@@ -33,22 +39,20 @@ from prometheus_client import Counter, Gauge
 
 from index.mutations import Mutation, drift_mutation
 from operators.alerts import KINDS, Alert
-from operators.cadence import CadenceEvent
+from operators.cadence import CadenceCheck, CadenceClock, CadenceConfig, CadenceController, CadenceEvent
 from operators.content import EmbeddedItem
 from operators.drift import ClusterDrift, DriftCombiner
+from streams.cadence_stage import CADENCE_DEBT, DriftBundle, adopt_controller, cadence_step, count_cadence, flushes
 from streams.content_stage import ClusteredEngagement
 from streams.errors import ERRORS, ErrorBudgetExceeded, ProcessingErrors, guard_redo
 from streams.routing import shard_keys
-from streams.transitions_stage import ScoredTriple, Triple
+from streams.transitions_stage import CadenceFlush, ScoredTriple, SourceRecords, Triple
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DRIFT_ALERTS", "drift_alerts_and_status", "observe"]
+__all__ = ["DRIFT_ALERTS", "DriftOrdering", "drift_alerts_and_status", "observe", "order_drift"]
 
 DRIFT_ALERTS = Counter("driftrag_drift_alerts_total", "Drift alerts raised", ["kind", "severity"])
-CADENCE_EVENTS = Counter("driftrag_cadence_events_total", "Cadence signals emitted", ["kind"])
-CADENCE_PAIRS = Counter("driftrag_cadence_pairs_refreshed_total", "Pair rows a RAG refresh signal asked to re-infer")
-CADENCE_DEBT = Gauge("driftrag_cadence_drift_debt", "Drift debt accrued since the last fine-tune (cost units)")
 DRIFT_SCORE = Gauge("driftrag_drift_score_max", "Largest current drift score over clusters (1 = warning)",
                     ["kind"])
 
@@ -170,9 +174,10 @@ def _ts_key(o: tuple) -> tuple:
 
 
 class DriftOrder:
-    """The ordering step's state: the event-time hold, the cadence controller, whether any hour was fed (event
-    time starts with the data, not with the hold's first estimate), and the number of shards the clusters are
-    spread over (fixed for the life of a recovery store: the shards' state is where the clusters are)."""
+    """The ordering step's state: the event-time hold, the cadence clock (or, in stores of earlier versions and
+    in-process runs, a whole cadence controller), whether any hour was fed (event time starts with the data, not
+    with the hold's first estimate), and the number of shards the clusters are spread over (fixed for the life of
+    a recovery store: the shards' state is where the clusters are)."""
 
     __slots__ = ("cadence", "hold", "sent", "shards", "started")
 
@@ -194,11 +199,14 @@ def order(state: DriftOrder, obs: list[tuple], bucket_ms: int, shards: int) -> t
     Returns (ops per shard, outputs). A shard's ops, in order: ``("a", ts)`` advance event time (every shard gets
     every one, so all evaluate the same boundaries), ``("t", c1, c2, c_next, ts)`` a triple (to the shard of
     c2), ``("e", cluster, ts, n, positive)`` an hour's engagements of a cluster, ``("i", cluster, ts, vector,
-    novel)`` an item, ``("m", ts, reason)`` a new reference (every shard), and ``("r", op)`` an op the shard
-    passes on to the combiner with its next report (shard 0 only: the volume counts ``("v", cluster, ts, n)``
-    and the marks, in the order they happened). Outputs: each triple again as a ScoredTriple in the canonical
-    order (the successor estimates score their transitions in it, streams/transitions_stage.py), and the cadence
-    controller's events (it sees the triples and event time first: a fine-tune marks a new reference)."""
+    novel)`` an item, ``("m", ts, reason)`` a new reference (every shard), ``("c", ts)`` where a fine-tune's
+    mark goes if the cadence check at ``ts`` decides one (every shard; the cadence step replaces or drops it),
+    and ``("r", op)`` an op the shard passes on to the combiner with its next report (shard 0 only: the volume
+    counts ``("v", cluster, ts, n)`` and the marks, in the order they happened). Outputs: each triple again as a
+    ScoredTriple in the canonical order (the successor estimates score their transitions in it,
+    streams/transitions_stage.py) and ``state.cadence``'s: a CadenceClock's checks (each after the flushes that
+    make the successor step export the records it reads, placed before the triple that passed it) or a
+    CadenceController's events (it sees the triples and event time first: a fine-tune marks a new reference)."""
     hold, cadence = state.hold, state.cadence
     ops: list[list[tuple]] = [[] for _ in range(shards)]
     out: list[Any] = []
@@ -216,15 +224,22 @@ def order(state: DriftOrder, obs: list[tuple], bucket_ms: int, shards: int) -> t
 
     def cadence_events(events: list[Any]) -> None:
         for ev in events:
-            CADENCE_EVENTS.labels(ev.kind).inc()
-            if ev.kind == "fine_tune":
+            if type(ev) is CadenceCheck:
+                # decided by the cadence step: the successor step exports the records it reads (after the triples
+                # before the check, before the next), and a fine-tune's mark goes where this placeholder is
+                out.extend(flushes(ev))
+                mark = ("c", ev.ts_ms)
+            elif ev.kind == "fine_tune":
                 # a fine-tune re-bases the monitor: drift is then measured against what the new model learned
                 mark = ("m", ev.ts_ms, "fine-tune")
+            else:
+                mark = None
+            if mark is not None:
                 everywhere(mark)
                 ops[0].append(("r", mark))
-            else:
-                CADENCE_PAIRS.inc(len(ev.pairs))
             out.append(ev)
+        if events and type(events[0]) is CadenceEvent:
+            count_cadence(events)
 
     for rows in hold.add(obs, bucket_ms):
         rows.sort(key=_ts_key)
@@ -247,11 +262,9 @@ def order(state: DriftOrder, obs: list[tuple], bucket_ms: int, shards: int) -> t
                         row[2] = o[2]
             elif kind == "t":
                 ops[o[2] % shards].append(("t", o[1], o[2], o[3], o[4]))
-                events = cadence.on_triple(o[1], o[2], o[3], o[4]) if cadence is not None else []
-                # with C_p's scores of it (none without a controller): the successor step need not score it again
-                out.append(ScoredTriple(o[1], o[2], o[3], o[4], o[6] if len(o) > 6 else "",
-                                        cadence.last_scores if cadence is not None else None))
-                cadence_events(events)
+                if cadence is not None:
+                    cadence_events(cadence.on_triple(o[1], o[2], o[3], o[4]))  # the checks before this triple
+                out.append(ScoredTriple(o[1], o[2], o[3], o[4], o[6] if len(o) > 6 else ""))
             else:
                 ops[o[1] % shards].append(("i", o[1], o[2], o[3], o[4]))
         relay = ops[0]
@@ -271,7 +284,7 @@ def order(state: DriftOrder, obs: list[tuple], bucket_ms: int, shards: int) -> t
         advance_all(boundary)
         if cadence is not None:
             cadence_events(cadence.advance(boundary))
-    if cadence is not None:
+    if type(cadence) is CadenceController:
         CADENCE_DEBT.set(cadence.debt)
     return ops, out
 
@@ -301,12 +314,20 @@ def feed_monitor(monitor: Any, obs: list[tuple], state: DriftOrder) -> tuple[lis
 
 def _order_step(bucket_ms: int, shards: int, make_cadence: Callable[[], Any] | None,  # noqa: ANN202
                 partitions: int, workers: int = 1):
+    """The ordering step. ``make_cadence``: a CadenceClock (the job: the decisions are the cadence step's, its
+    outputs for the drift shards go out in one DriftBundle per call) or a CadenceController (in this step, as
+    earlier versions had it; tests compare the two), or None (no cadence)."""
     def step(state: Any, obs: list[tuple]) -> tuple[DriftOrder, list[Any]]:
         handover: list[list[tuple]] = [[] for _ in range(shards)]
+        adopt = None
         if state is None:
             state = DriftOrder(Hold(partitions), make_cadence() if make_cadence is not None else None, shards=shards)
         elif isinstance(state, tuple):  # recovered from the version with one monitor step: spread it over the shards
             state, handover = _from_one_monitor(state, shards, partitions, make_cadence)
+        if type(state.cadence) is CadenceController and clocked:
+            # recovered from a version with the controller in this step: its decisions and C_p go to the cadence
+            # step, its clock stays here
+            adopt, state.cadence = adopt_controller(state.cadence), state.cadence.clock
         n = state.shards
         if n != shards and not warned:
             log.warning("drift: the recovery store spreads the clusters over %d shards; keeping %d, not the %d "
@@ -316,9 +337,16 @@ def _order_step(bucket_ms: int, shards: int, make_cadence: Callable[[], Any] | N
         keys = shard_keys(n, workers)  # shard i on worker i % workers
         sent = [(keys[i], [("n", i, n), *(handover[i] if i < len(handover) else ()), *o])
                 for i, o in enumerate(ops) if o or (i < len(handover) and handover[i])]
-        return state, [*sent, *out]
+        if not clocked:
+            return state, [*sent, *out]
+        checks = [x for x in out if type(x) is CadenceCheck]
+        rest = [x for x in out if type(x) is not CadenceCheck]
+        if sent or checks or adopt is not None:
+            rest.append(("cadence", DriftBundle(sent, checks, adopt)))
+        return state, rest
 
     warned: list[bool] = []
+    clocked = make_cadence is not None and type(make_cadence()) is CadenceClock
 
     return step
 
@@ -510,34 +538,63 @@ def _alert_json(a: Any) -> dict[str, Any]:
     return a.to_dict() if hasattr(a, "to_dict") else dict(a)
 
 
-def drift_alerts_and_status(items: Stream[EmbeddedItem], clustered: Stream[ClusteredEngagement],
-                            triples: Stream[Triple], make_monitor: Callable[[], Any],
-                            make_cadence: Callable[[], Any] | None = None, partitions: int = 1, shards: int = 1,
-                            workers: int = 1) -> tuple[Stream[Alert], Stream[Mutation], Stream[Any],
-                                                       Stream[ScoredTriple]]:
-    """Wire the drift monitor (and the cadence controller); returns (alerts, drift status mutations for the live
-    index, cadence events, the triples in the hold's canonical order). ``make_monitor``: a DriftMonitor (its
-    config is what counts); ``partitions``: of the engagements source, waited for by the event-time hold;
-    ``shards``: how many keys the clusters are spread over (cluster c on shard c % shards; results do not depend
-    on it), shard i on worker i % ``workers``."""
+class DriftOrdering(NamedTuple):
+    """The ordering step's streams (:func:`order_drift`), for :func:`drift_alerts_and_status`."""
+
+    config: Any  # the DriftConfig
+    cadence: CadenceConfig | None  # the cadence step's (None: no cadence, or the controller in the ordering step)
+    to_drift: Stream[tuple]  # (shard key, ops), or ("cadence", DriftBundle) with a cadence step
+    scored: Stream[ScoredTriple | CadenceFlush]  # -> the successor step
+    events: Stream[CadenceEvent]  # a controller's in the ordering step (none with a cadence step)
+
+
+def order_drift(items: Stream[EmbeddedItem], clustered: Stream[ClusteredEngagement], triples: Stream[Triple],
+                make_monitor: Callable[[], Any], cadence: CadenceConfig | None = None, partitions: int = 1,
+                shards: int = 1, workers: int = 1) -> DriftOrdering:
+    """Wire the ordering step: the event-time hold, the canonical order and (with ``cadence``) the clock of the
+    cadence checks. ``make_monitor``: a DriftMonitor (its config is what counts); ``partitions``: of the
+    engagements source, waited for by the hold; ``shards``: how many keys the clusters are spread over (cluster c
+    on shard c % shards; results do not depend on it), shard i on worker i % ``workers``. The scored triples (and
+    the cadence flushes) go to the successor step (streams/transitions_stage.py), whose exported records go with
+    this to :func:`drift_alerts_and_status`."""
     config = make_monitor().config
-    for kind in KINDS:  # the gauges exist (at 0) from the start, not from the first boundary the combiner scores
-        DRIFT_SCORE.labels(kind).set(0.0)
     merged = op.merge("drift_inputs", items, clustered, triples)
     keyed = op.flat_map_batch("drift_observations", merged, observe)
+    make_clock = (lambda: CadenceClock(cadence.check_every_ms)) if cadence is not None else None
     # (step id "monitor_drift" is the single drift step of earlier versions: its recovered state is handed over)
     ordered = op.stateful_flat_map("monitor_drift", keyed, guard_redo(
-        "order_drift", _order_step(config.bucket_ms, shards, make_cadence, partitions, workers)))
-    to_shards = op.branch("split_shard_ops", op.flat_map_batch("unkey_order", ordered, lambda b: [v for _, v in b]),
+        "order_drift", _order_step(config.bucket_ms, shards, make_clock, partitions, workers)))
+    out = op.branch("split_shard_ops", op.flat_map_batch("unkey_order", ordered, lambda b: [v for _, v in b]),
+                    lambda x: type(x) is tuple)
+    scored = op.branch("split_scored", out.falses, lambda x: type(x) is ScoredTriple or type(x) is CadenceFlush)
+    return DriftOrdering(config, cadence, out.trues, scored.trues, scored.falses)
+
+
+def drift_alerts_and_status(ordering: DriftOrdering, records: Stream[SourceRecords] | None = None
+                            ) -> tuple[Stream[Alert], Stream[Mutation], Stream[CadenceEvent]]:
+    """Wire the cadence decisions (with ``ordering.cadence``: the ``records`` the successor step exported for
+    them), the drift shards and the combiner; returns (alerts, drift status mutations for the live index, cadence
+    events)."""
+    config = ordering.config
+    for kind in KINDS:  # the gauges exist (at 0) from the start, not from the first boundary the combiner scores
+        DRIFT_SCORE.labels(kind).set(0.0)
+    to_shards, events = ordering.to_drift, ordering.events
+    if ordering.cadence is not None:
+        if records is None:
+            raise ValueError("the cadence step needs the successor step's records (count_successors)")
+        inputs = op.merge("cadence_inputs", ordering.to_drift, records)
+        batched = op.flat_map_batch("cadence_batches", inputs, lambda batch: [
+            ("cadence", [x[1] if type(x) is tuple else x for x in batch])])
+        decided = op.stateful_flat_map("decide_cadence", batched, guard_redo(
+            "decide_cadence", cadence_step(ordering.cadence)))
+        split = op.branch("split_cadence", op.flat_map_batch("unkey_cadence", decided, lambda b: [v for _, v in b]),
                           lambda x: type(x) is tuple)
-    shard_reports = op.stateful_flat_map("drift_shards", to_shards.trues, guard_redo(
+        to_shards, events = split.trues, op.merge("cadence_events", events, split.falses)
+    shard_reports = op.stateful_flat_map("drift_shards", to_shards, guard_redo(
         "monitor_drift", _shard_step(lambda: ClusterDrift(config))))
     to_combiner = op.flat_map_batch("drift_reports", shard_reports, lambda batch: [("drift", [r for _, r in batch])])
     combined = op.stateful_flat_map("combine_drift", to_combiner, guard_redo(
         "combine_drift", _combine_step(lambda: DriftCombiner(config))))
-    out = op.merge("drift_outputs", op.flat_map_batch("unkey_drift", combined, lambda batch: [v for _, v in batch]),
-                   to_shards.falses)
-    scored = op.branch("split_scored", out, lambda x: type(x) is ScoredTriple)
-    split = op.branch("split_alerts", scored.falses, lambda x: type(x) is Alert)
-    rest = op.branch("split_cadence", split.falses, lambda x: type(x) is CadenceEvent)
-    return split.trues, rest.falses, rest.trues, scored.trues
+    split = op.branch("split_alerts", op.flat_map_batch("unkey_drift", combined, lambda batch: [v for _, v in batch]),
+                      lambda x: type(x) is Alert)
+    return split.trues, split.falses, events

@@ -27,7 +27,13 @@ from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 from prometheus_client import Counter
 
-from operators.adaptive_successors import DEFAULT_HALF_LIVES_MS, LiveSnapshot, LiveSuccessors, Scores, half_life_label
+from operators.adaptive_successors import (
+    DEFAULT_HALF_LIVES_MS,
+    LiveSnapshot,
+    LiveSuccessors,
+    PairRecords,
+    half_life_label,
+)
 from operators.successors import Successor, rank_successors
 from streams.content_stage import ClusteredEngagement, stable_shard, unkey
 from streams.errors import ERRORS, ErrorBudgetExceeded, GuardedLogic, ProcessingErrors
@@ -35,10 +41,6 @@ from streams.metrics import NO_COUNTS, StepCounts
 
 LATE_ENGAGEMENTS = Counter("driftrag_transitions_late_total",
                            "Positive engagements left out of the transition rule: older than the user's last one")
-SUCCESSOR_SCORES = Counter("driftrag_successor_scores_total",
-                           "Triples the successor estimate learned in the canonical order, by whose component scores "
-                           "it took: shared (the cadence controller's, computed from the same state) or own", ["by"])
-_SHARED, _OWN = SUCCESSOR_SCORES.labels("shared"), SUCCESSOR_SCORES.labels("own")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,36 +109,60 @@ class ScoredTriple:
     c_next: int
     ts_ms: int
     user_id: str
-    scores: Scores | None = None  # the cadence controller's scores of it (AdaptiveSuccessorTable.learn)
+
+
+@dataclass(frozen=True, slots=True)
+class CadenceFlush:
+    """From the drift step's ordering, after the last scored triple before the cadence check at ``ts_ms``: the
+    successor step exports the records of ``pairs`` (pairs of source cluster ``c2`` with triples since the
+    previous check) to the cadence step, which reads C_p there (streams/cadence_stage.py)."""
+
+    ts_ms: int
+    c2: int
+    pairs: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecords:
+    """What one source cluster's successor state exported for the cadence check at ``ts_ms``."""
+
+    ts_ms: int
+    c2: int
+    records: PairRecords
 
 
 class CountSuccessors(StatefulBatchLogic):
     """One source cluster's successor state (:class:`LiveSuccessors`), changed in place by each batch: a Triple
     is observed (counted at once), a ScoredTriple scored; with ``ordered=False`` (no drift step to order them) a
     Triple is observed and scored at once, in arrival order. One PairState per pair the batch touched, as of its
-    last value. Its snapshot is immutable (what a failing batch is rebuilt from: see
-    :class:`~streams.errors.GuardedLogic`)."""
+    last value; a :class:`CadenceFlush` gives a :class:`SourceRecords` (also when the export fails: the cadence
+    step waits for every source's records of a check). Its snapshot is immutable (what a failing batch is
+    rebuilt from: see :class:`~streams.errors.GuardedLogic`)."""
 
-    def __init__(self, make: Callable[[], LiveSuccessors], resume: LiveSnapshot | None, ordered: bool) -> None:
+    def __init__(self, make: Callable[[], LiveSuccessors], resume: LiveSnapshot | None, ordered: bool,
+                 errors: ProcessingErrors = ERRORS) -> None:
         self.state = make() if resume is None else LiveSuccessors.from_snapshot(resume)
         self.ordered = ordered
         # pair -> ingest_ms of its newest observed triple: a state sent after scoring reflects it (wall clock, for
         # freshness only; not in snapshots: 0 until the pair's next triple after a restart)
         self.ingest: dict[tuple[int, int], int] = {}
+        self._errors = errors
 
-    def on_batch(self, values: list[Triple | ScoredTriple]) -> tuple[list[PairState], bool]:
+    def on_batch(self, values: list[Triple | ScoredTriple | CadenceFlush]) -> tuple[list[PairState | SourceRecords],
+                                                                                  bool]:
         st = self.state
-        last = {(t.c1, t.c2): i for i, t in enumerate(values)}
+        last = {(t.c1, t.c2): i for i, t in enumerate(values) if type(t) is not CadenceFlush}
         observe = st.observe if self.ordered else st.update
-        out = []
+        out: list[PairState | SourceRecords] = []
         ingest = self.ingest
         observed: dict[tuple[int, int], int] = {}  # triples counted per pair in this batch (not those scored)
-        taken, scored = st.table.scores_taken, 0
         for i, t in enumerate(values):
+            if type(t) is CadenceFlush:
+                out.append(self._export(t))
+                continue
             triple = (t.c1, t.c2, t.c_next)
             if type(t) is ScoredTriple:
-                pair = st.score(triple, t.ts_ms, t.user_id, t.scores)
-                scored += 1
+                pair = st.score(triple, t.ts_ms, t.user_id)
             else:
                 pair = observe(triple, t.ts_ms, t.user_id)
                 ingest[pair] = t.ingest_ms  # type: ignore[index]
@@ -146,11 +172,17 @@ class CountSuccessors(StatefulBatchLogic):
                 out.append(PairState(pair, e.counts, e.reference, e.support, e.ts_ms,  # type: ignore[arg-type]
                                      ingest.get(pair, 0), e.half_life_ms, e.weights, e.supports,  # type: ignore[arg-type]
                                      observed.get(pair, 0)))  # type: ignore[arg-type]
-        if scored:
-            shared = st.table.scores_taken - taken
-            _SHARED.inc(shared)
-            _OWN.inc(scored - shared)
         return out, StatefulBatchLogic.RETAIN
+
+    def _export(self, flush: CadenceFlush) -> SourceRecords:
+        try:
+            records = self.state.table.export(flush.pairs)
+        except ErrorBudgetExceeded:
+            raise
+        except Exception as e:  # noqa: BLE001 - the check goes on without these pairs' new records
+            self._errors.report("count_successors", {"cadence_check": flush.ts_ms, "c2": flush.c2}, e)
+            records = PairRecords((), ())
+        return SourceRecords(flush.ts_ms, flush.c2, records)
 
     def snapshot(self) -> LiveSnapshot:
         return self.state.snapshot()
@@ -244,13 +276,14 @@ def mine_triples(clustered: Stream[ClusteredEngagement], counts: StepCounts = NO
         "track_user_shards", by_shard, UserShardTransitions), counts.counting("triples", unkey))
 
 
-def count_successors(triples: Stream[Triple], scored: Stream[ScoredTriple] | None = None, *,
+def count_successors(triples: Stream[Triple], scored: Stream[ScoredTriple | CadenceFlush] | None = None, *,
                      half_lives_ms: Sequence[float] = DEFAULT_HALF_LIVES_MS, trend_window_ms: int = 86_400_000,
-                     counts: StepCounts = NO_COUNTS) -> Stream[PairState]:
-    """The successor estimates, one key per source cluster; pair states counted in ``counts`` as ``pair_states``.
-    ``scored``: the same triples in the drift step's canonical order (each is counted on arrival and scored when
-    it comes back from there); without it each triple is scored on arrival. ``half_lives_ms``: the half-lives
-    each pair mixes (one: a fixed half-life; ``inf``: no decay)."""
+                     counts: StepCounts = NO_COUNTS) -> tuple[Stream[PairState], Stream[SourceRecords]]:
+    """The successor estimates, one key per source cluster; returns (pair states, counted in ``counts`` as
+    ``pair_states``; the records exported for the cadence checks). ``scored``: the same triples in the drift
+    step's canonical order (each is counted on arrival and scored when it comes back from there) with the cadence
+    checks' flushes; without it each triple is scored on arrival. ``half_lives_ms``: the half-lives each pair
+    mixes (one: a fixed half-life; ``inf``: no decay)."""
     hl = tuple(half_lives_ms)
     LiveSuccessors(hl, trend_window_ms=trend_window_ms)  # bad settings fail here, before the flow runs
     ordered = scored is not None
@@ -265,7 +298,15 @@ def count_successors(triples: Stream[Triple], scored: Stream[ScoredTriple] | Non
     # (a new step id: recovery state of the per-pair counts of earlier versions is not resumed into this one)
     states = op.stateful_batch("count_successors_by_source", by_source, lambda resume: GuardedLogic(
         "count_successors", lambda r: CountSuccessors(make, r, ordered), resume))
-    return op.flat_map_batch("unkey_pair_states", states, counts.counting("pair_states", unkey))
+    if scored is None:
+        return op.flat_map_batch("unkey_pair_states", states, counts.counting("pair_states", unkey)), None
+    split = op.branch("split_records", op.flat_map_batch("unkey_pair_states", states, unkey),
+                      lambda x: type(x) is SourceRecords)
+    return op.flat_map_batch("count_pair_states", split.falses, counts.counting("pair_states", _same)), split.trues
+
+
+def _same(batch: list) -> list:
+    return batch
 
 
 def mine_successors(clustered: Stream[ClusteredEngagement], *, shards: int = 1,
@@ -275,4 +316,4 @@ def mine_successors(clustered: Stream[ClusteredEngagement], *, shards: int = 1,
     states)."""
     triples = mine_triples(clustered, counts, shards)
     return triples, count_successors(triples, half_lives_ms=half_lives_ms, trend_window_ms=trend_window_ms,
-                                     counts=counts)
+                                     counts=counts)[0]

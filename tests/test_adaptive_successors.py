@@ -369,44 +369,23 @@ def _same_state(a: AdaptiveSuccessorTable, b: AdaptiveSuccessorTable) -> bool:
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 10**6), n=st.integers(1, 150), history=st.integers(0, 40),
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 150), flush_every=st.integers(1, 40),
        half_lives=st.sampled_from([DEFAULT_HALF_LIVES_MS, (DAY, INF), (DAY,)]))
-def test_shared_scores_are_taken_exactly_when_the_state_is_the_same(seed, n, history, half_lives):
-    """A table fed another's scores (AdaptiveSuccessorTable.learn) ends bit-identical to one that scored every triple
-    itself. It takes them for every triple when both saw the same history; when it saw ``history`` triples more
-    (a table resumed from another past), it takes none for the pairs and sources that history touched and
-    scores those itself."""
-    stream, past = _stream(seed, n), _stream(seed + 1, history)
-    sharer, taker, alone = (AdaptiveSuccessorTable(half_lives) for _ in range(3))
-    for table in (taker, alone):
-        for triple, ts in past:
-            table.update(triple, ts)
-    for triple, ts in stream:
-        scores = sharer.learn(triple, ts, share=True)
-        assert (scores is None) == (len(half_lives) == 1)
-        taker.update(triple, ts, scores=scores)
-        alone.update(triple, ts)
-    assert _same_state(taker, alone)
-    if len(half_lives) == 1:
-        assert taker.scores_taken == 0
-    elif not past:
-        assert taker.scores_taken == n and _same_state(taker, sharer)
-    else:
-        touched = {t[1] for t, _ in past}  # sources: their counts differ, so every pair leaving them differs
-        differs = sum(1 for t, _ in stream if t[1] in touched)
-        assert taker.scores_taken <= n - differs
-
-
-def test_shared_scores_need_the_same_parameters_and_survive_snapshots_and_pickles():
-    stream = _stream(3, 200)
-    sharer = AdaptiveSuccessorTable()
-    other = AdaptiveSuccessorTable(prior=2.0)  # another prior: other scores from the same counts
-    same = AdaptiveSuccessorTable()
+def test_a_mirror_of_exported_records_estimates_as_the_table(seed, n, flush_every, half_lives):
+    """The job's cadence step reads C_p from the records the successor step exports at each check (export, then
+    install in a mirror; pickled, as between processes): for every pair, the mirror's estimate equals the table's
+    bit for bit, at the check and later, when each check exports the pairs learned since the one before."""
+    table, mirror = AdaptiveSuccessorTable(half_lives), AdaptiveSuccessorTable(half_lives)
+    touched: dict = {}
+    stream = _stream(seed, n)
     for i, (triple, ts) in enumerate(stream):
-        scores = sharer.learn(triple, ts, share=True)
-        other.update(triple, ts, scores=scores)
-        same.update(triple, ts, scores=scores)
-        if i == 100:  # resumed from a snapshot, then from a pickle: the state (and so its fingerprint) is the same
-            same = pickle.loads(pickle.dumps(AdaptiveSuccessorTable.from_snapshot(same.snapshot())))
-            assert same.scores_taken == 0  # a count of this process's work, not state
-    assert other.scores_taken == 0 and same.scores_taken == 99 and _same_state(same, sharer)
+        table.update(triple, ts)
+        touched[triple[:2]] = None
+        if (i + 1) % flush_every and i < n - 1:
+            continue
+        mirror.install(pickle.loads(pickle.dumps(table.export([*touched, (-1, -2)]))))  # (an unseen pair: left out)
+        touched = {}
+        assert sorted(mirror.pairs()) == sorted(table.pairs())
+        for pair in table.pairs():
+            for later in (ts, ts + DAY, ts + 40 * DAY):
+                assert mirror.estimate(pair, later) == table.estimate(pair, later)

@@ -373,15 +373,42 @@ def test_effective_sample_size_counts_an_undecayed_transition_once_and_a_decayed
         assert dist == {3: 1.0} and size == pytest.approx(factor * support, rel=1e-12)
 
 
+def _flat_state(config: CadenceConfig, **fields) -> dict:
+    """A controller's __dict__ as versions before the clock and the book were their own objects pickled it."""
+    state = {"config": config, "_now": None, "_start": 0, "_ref": 0, "_pending": {}, "_rows": {}, "_base": {},
+             "_n": {}, "_stale": {}, "_debt": 0.0, "_last_finetune": None, "_refreshes": 0, "_finetunes": 0,
+             "_stale_pairs": 0, "_stale_keys": set()}
+    state.update(fields)
+    return state
+
+
 def test_a_controller_pickled_before_the_adaptive_estimate_resumes_with_its_fixed_half_life():
     """A recovery store of an earlier version holds the controller pickled with its own per-pair counts (each
     scaled to the pair's time in _scaled_at); it resumes as a table of that one half-life, same counts."""
     old = CadenceController.__new__(CadenceController)
-    fresh = CadenceController(CadenceConfig(half_life_ms=2 * DAY_MS)).__dict__
-    state = {k: v for k, v in fresh.items() if k != "_table"}
-    state.update(_counts={(1, 2): {3: 4.0, 5: 2.0}}, _scaled_at={(1, 2): 10 * H}, _inv_half_life=1 / (2 * DAY_MS),
-                 _now=10 * H, _ref=10 * H)
-    old.__setstate__(state)
+    old.__setstate__(_flat_state(CadenceConfig(half_life_ms=2 * DAY_MS), _counts={(1, 2): {3: 4.0, 5: 2.0}},
+                                 _scaled_at={(1, 2): 10 * H}, _inv_half_life=1 / (2 * DAY_MS), _now=10 * H,
+                                 _ref=10 * H))
     assert old.successors.half_lives_ms == (2 * DAY_MS,) and not hasattr(old, "_counts")
     assert old.successors.counts((1, 2), 10 * H + 2 * DAY_MS) == pytest.approx({3: 2.0, 5: 1.0}, rel=1e-12)
     assert old.on_triple(1, 2, 3, 11 * H) == [] and old.status()["pairs"] == 1
+    assert old.now_ms == 11 * H and not hasattr(old, "_now")
+
+
+def test_a_controller_pickled_before_the_clock_and_book_split_continues_identically():
+    """The controller of the version before CadenceClock and CadenceBook kept their fields as its own attributes
+    (a recovery store pickled it so): unpickled, it continues event for event as the controller it was."""
+    triples = [t for t in BROAD if t[3] < 100 * H]
+    ref = CadenceController(BROAD_CFG)
+    ref.on_triples(triples[:len(triples) // 2])
+    book, clock = ref.book, ref.clock
+    flat = _flat_state(ref.config, _table=pickle.loads(pickle.dumps(ref.successors)), _now=clock.now,
+                       _start=clock.start, _ref=clock.ref, _pending=dict(clock.pending),
+                       **{name: pickle.loads(pickle.dumps(getattr(book, name)))
+                          for name in CadenceController._BOOK_FIELDS})
+    old = CadenceController.__new__(CadenceController)
+    old.__setstate__(flat)
+    assert old.snapshot() == ref.snapshot()
+    rest = triples[len(triples) // 2:]
+    a, b = ref.on_triples(rest) + ref.advance(101 * H), old.on_triples(rest) + old.advance(101 * H)
+    assert [e.to_dict() for e in a] == [e.to_dict() for e in b] and any(e.kind == "fine_tune" for e in a)

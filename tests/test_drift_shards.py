@@ -15,13 +15,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from operators.adaptive_successors import AdaptiveSuccessorTable, LiveSuccessors
 from operators.alerts import Alert
-from operators.cadence import CadenceController, CadenceEvent
+from operators.cadence import CadenceBook, CadenceClock, CadenceController, CadenceEvent
 from operators.drift import ClusterDrift, DriftCombiner, DriftConfig, DriftMonitor
+from streams.cadence_stage import cadence_step
 from streams.cli import main
 from streams.drift_stage import DriftOrder, Hold, _combine_step, _order_step, _shard_step, feed_monitor
 from streams.errors import ERRORS, ProcessingErrors, _Redo, guard_redo
 from streams.generator import GeneratorConfig, write_files
+from streams.transitions_stage import CadenceFlush, CountSuccessors, ScoredTriple, SourceRecords, Triple
 from tests.test_properties import sensitive_cadence, sensitive_drift
 
 HOUR = 3_600_000
@@ -39,20 +42,30 @@ def cadence() -> CadenceController:
 
 
 class Sharded:
-    """The three drift steps of the dataflow (streams/drift_stage.py) called in process: the order step's ops go
-    to each shard, the shards' reports to the combiner. ``errors``: wrap the steps in their error guards (as the
-    dataflow does), dead-lettering into it."""
+    """The drift and cadence steps of the dataflow (streams/drift_stage.py, streams/cadence_stage.py) called in
+    process: the order step's scored triples and cadence flushes go to one successor state per source cluster
+    (streams/transitions_stage.py), its bundles and their records to the cadence step, the decided ops to each
+    shard, the shards' reports to the combiner. ``lag``: the successor step's records reach the cadence step one
+    call late (the bundles wait for them). ``errors``: wrap the steps in their error guards (as the dataflow
+    does), dead-lettering into it."""
 
     def __init__(self, config: DriftConfig, shards: int, order_state: Any = None,
-                 errors: ProcessingErrors | None = None) -> None:
-        self.order = _order_step(config.bucket_ms, shards, cadence, 1)
+                 errors: ProcessingErrors | None = None, lag: bool = False) -> None:
+        cadence_config = sensitive_cadence()
+        self.order = _order_step(config.bucket_ms, shards, lambda: CadenceClock(cadence_config.check_every_ms), 1)
+        self.decide = cadence_step(cadence_config, errors or ERRORS)
         self.shard = _shard_step(lambda: ClusterDrift(config), errors or ERRORS)
         self.combine = _combine_step(lambda: DriftCombiner(config), errors or ERRORS)
         if errors is not None:
             self.order = guard_redo("order_drift", self.order, errors=errors)
+            self.decide = guard_redo("decide_cadence", self.decide, errors=errors)
             self.shard = guard_redo("monitor_drift", self.shard, errors=errors)
             self.combine = guard_redo("combine_drift", self.combine, errors=errors)
-        self.order_state, self.shard_states, self.combine_state = order_state, {}, None
+        half_lives = cadence_config.half_lives()
+        self.make_successors = lambda: CountSuccessors(lambda: LiveSuccessors(half_lives), None, True)
+        self.order_state, self.decide_state, self.shard_states, self.combine_state = order_state, None, {}, None
+        self.successors: dict[int, CountSuccessors] = {}
+        self.lag, self.late = lag, []
         self.alerts: list[Alert] = []
         self.status: dict[int, Any] = {}  # cluster -> the last drift mutation's value
         self.cadence: list[CadenceEvent] = []
@@ -60,16 +73,48 @@ class Sharded:
 
     def feed(self, obs: list[tuple]) -> None:
         self.order_state, out = self.order(self.order_state, obs)
-        reports = []
+        to_shards, to_decide, records = [], [], []
         for x in out:
             if type(x) is tuple:
-                key, ops = x
-                self.shard_states[key], reps = self.shard(self.shard_states.get(key), ops)
-                reports += reps
-            elif type(x) is CadenceEvent:
-                self.cadence.append(x)
+                (to_decide if x[0] == "cadence" else to_shards).append(x)
+            elif type(x) is ScoredTriple or type(x) is CadenceFlush:
+                if type(x) is ScoredTriple:
+                    self.scored.append(x)
+                records += self._successors(x)
             else:
-                self.scored.append(x)
+                raise AssertionError(f"unexpected output of the order step: {x!r}")
+        if self.lag:
+            records, self.late = self.late, records
+        self._decide(to_shards, [v for _, v in to_decide] + records)
+
+    def learned(self, scored: list[ScoredTriple]) -> Sharded:
+        """Successor states that learned ``scored`` (a job resumed from a store: that step's state is resumed too)."""
+        for x in scored:
+            self._successors(x)
+        return self
+
+    def _successors(self, x: ScoredTriple | CadenceFlush) -> list[SourceRecords]:
+        logic = self.successors.get(x.c2)
+        if logic is None:
+            logic = self.successors[x.c2] = self.make_successors()
+        # (the successor step observed each triple when it was mined, and scores it now)
+        batch = [Triple(x.c1, x.c2, x.c_next, x.ts_ms, x.user_id), x] if type(x) is ScoredTriple else [x]
+        return [r for r in logic.on_batch(batch)[0] if type(r) is SourceRecords]
+
+    def finish(self) -> None:
+        """Deliver the records held back by ``lag``."""
+        late, self.late = self.late, []
+        self._decide([], late)
+
+    def _decide(self, to_shards: list[tuple], inputs: list[Any]) -> None:
+        if inputs:
+            self.decide_state, out = self.decide(self.decide_state, inputs)
+            for y in out:
+                (to_shards if type(y) is tuple else self.cadence).append(y)
+        reports = []
+        for key, ops in to_shards:
+            self.shard_states[key], reps = self.shard(self.shard_states.get(key), ops)
+            reports += reps
         if reports:
             self.combine_state, out = self.combine(self.combine_state, reports)
             for x in out:
@@ -149,6 +194,8 @@ def _batches(obs: list[tuple], sizes: list[int]) -> list[list[tuple]]:
 def _run(runner: Any, batches: list[list[tuple]]) -> Any:
     for b in batches:
         runner.feed(b)
+    if hasattr(runner, "finish"):
+        runner.finish()
     return runner
 
 
@@ -211,9 +258,12 @@ def test_a_recovered_single_monitor_is_handed_over_to_the_shards():
     half = len(batches) // 2
     one = _run(Single(sensitive()), batches[:half])
     legacy = pickle.loads(pickle.dumps((one.monitor, {}, one.state.cadence, one.state.hold)))
-    alerts_before = len(one.alerts)
+    alerts_before, cadence_before, learned = len(one.alerts), len(one.cadence), list(one.scored)
     _run(one, batches[half:])
-    resumed = _run(Sharded(sensitive(), 3, order_state=legacy), batches[half:])
+    # (the successor step's state of the same store: what it learned before)
+    resumed = _run(Sharded(sensitive(), 3, order_state=legacy).learned(learned), batches[half:])
+    assert [e.to_dict() for e in resumed.cadence] == [e.to_dict() for e in one.cadence[cadence_before:]]
+    assert any(e.kind == "fine_tune" for e in resumed.cadence)
     assert _alerts(resumed.alerts) == _alerts(one.alerts[alerts_before:]) and resumed.alerts
     assert resumed.statuses() == one.statuses()
 
@@ -300,8 +350,10 @@ def test_a_store_keeps_its_shard_count_when_the_workers_change(caplog):
     one = _run(Single(sensitive()), batches)
     before = _run(Sharded(sensitive(), 3), batches[:10])
     after = Sharded(sensitive(), 2)  # restarted with two workers
-    after.order_state, after.shard_states, after.combine_state = pickle.loads(pickle.dumps(
-        (before.order_state, before.shard_states, before.combine_state)))
+    after.order_state, after.decide_state, after.shard_states, after.combine_state = pickle.loads(pickle.dumps(
+        (before.order_state, before.decide_state, before.shard_states, before.combine_state)))
+    after.successors = {c2: CountSuccessors(lambda: None, pickle.loads(pickle.dumps(logic.snapshot())), True)
+                        for c2, logic in before.successors.items()}
     after.alerts, after.cadence, after.scored = before.alerts, before.cadence, before.scored
     with caplog.at_level("WARNING"):
         _run(after, batches[10:])
@@ -341,3 +393,71 @@ def test_a_failing_boundary_is_dead_lettered_and_drift_goes_on(where, monkeypatc
     assert comb._evaluated == clean.combine_state.combiner._evaluated  # to the last boundary
     assert not hit.combine_state.state.waiting  # nothing left waiting
     assert late == [a.to_dict() for a in hit.alerts if a.ts_ms > bad + 200 * HOUR]
+
+
+def test_a_failing_cadence_check_is_dead_lettered_and_drift_and_cadence_go_on(monkeypatch):
+    """A cadence decision that raises at one check: the step's guard dead-letters it once (naming the check),
+    that check is passed without a decision, and every bundle still reaches the drift shards: drift goes on
+    boundary for boundary, and later checks are decided."""
+    rng = np.random.default_rng(3)
+    batches = _batches(_stream(rng, hours=200, clusters=6, per_hour=12), [97, 13, 400, 1])
+    clean = _run(Sharded(sensitive(), 3), batches)
+    bad = next(e.ts_ms for e in clean.cadence if e.ts_ms >= T0 + 100 * HOUR)  # a check that decided something
+    real = CadenceBook.check
+
+    def failing(self, ts_ms, *args):  # noqa: ANN001, ANN002, ANN202
+        if ts_ms == bad:
+            raise RuntimeError("boom")
+        return real(self, ts_ms, *args)
+
+    monkeypatch.setattr(CadenceBook, "check", failing)
+    dead: list = []
+    errors = ProcessingErrors(budget=1_000, write=dead.append)
+    hit = _run(Sharded(sensitive(), 3, errors=errors), batches)
+    assert errors.by_step == {"decide_cadence": 1}
+    assert orjson.loads(dead[0].value) == {"cadence_check": bad} and dead[0].step == "decide_cadence"
+    assert not hit.decide_state.state.waiting and not hit.decide_state.state.records  # nothing left waiting
+    assert hit.combine_state.state.combiner._evaluated == clean.combine_state.combiner._evaluated
+    assert [e.ts_ms for e in hit.cadence if e.ts_ms > bad]  # later checks decided
+    assert bad not in {e.ts_ms for e in hit.cadence}
+
+
+def test_a_failing_export_sends_empty_records_and_the_check_is_decided(monkeypatch):
+    """The successor step's export for a check that raises: dead-lettered, and the source sends empty records so
+    the cadence step does not wait for it forever."""
+    rng = np.random.default_rng(3)
+    batches = _batches(_stream(rng, hours=60, clusters=6, per_hour=12), [97])
+    calls = []
+    real = AdaptiveSuccessorTable.export
+
+    def failing(self, pairs):  # noqa: ANN001, ANN202
+        calls.append(pairs)
+        if len(calls) == 5:
+            raise RuntimeError("boom")
+        return real(self, pairs)
+
+    monkeypatch.setattr(AdaptiveSuccessorTable, "export", failing)
+    dead: list = []
+    errors = ProcessingErrors(budget=1_000, write=dead.append)
+    runner = Sharded(sensitive(), 2)
+    runner.make_successors = lambda: CountSuccessors(lambda: LiveSuccessors(sensitive_cadence().half_lives()), None,
+                                                     True, errors)
+    _run(runner, batches)
+    assert errors.by_step == {"count_successors": 1} and "cadence_check" in orjson.loads(dead[0].value)
+    assert not runner.decide_state.waiting and not runner.decide_state.records and runner.cadence
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), hours=st.integers(1, 120), clusters=st.integers(3, 7),
+       shards=st.integers(1, 4), sizes=st.lists(st.integers(1, 300), min_size=1, max_size=4))
+def test_cadence_decisions_wait_for_late_records(seed, hours, clusters, shards, sizes):
+    """The successor step's records reach the cadence step a call after the bundles that need them (another
+    batch, another epoch): the bundles wait, and cadence events, alerts and statuses are the controller's."""
+    rng = np.random.default_rng(seed)
+    obs = _stream(rng, hours, clusters, per_hour=int(rng.integers(1, 10)))
+    rng.shuffle(obs[: len(obs) // 3])
+    batches = _batches(obs, sizes)
+    one = _run(Single(sensitive()), batches)
+    late = _run(Sharded(sensitive(), shards, lag=True), batches)
+    _same(late, one)
+    assert [e.to_dict() for e in late.cadence] == [e.to_dict() for e in one.cadence]
