@@ -250,14 +250,15 @@ def bench_kafka(gen: GeneratorConfig, bootstrap: str, codebooks: Path, repeats: 
     return out
 
 
-# Why 2 workers is not 2x here (README, "Benchmarks"; measured ~1.05 on 2026-12-02): a deployment scales out with
-# processes (one per core), not threads.
+# Why 2 workers is not 2x here (README, "Benchmarks"; measured 0.82-1.08 on 2026-12-02): a deployment scales out
+# with processes (one per core), not threads.
 SCALEOUT_REASON = (
     "2 Bytewax workers in one process share one CPython interpreter: every step is a Python callback that holds "
     "the GIL, so the two threads take turns; what runs outside it (librdkafka's threads, Bytewax's Rust runtime, "
-    "the broker's JVM on the same 2 cores) is all the second worker can overlap, and the drift monitor and cadence "
-    "controller are one keyed state on one worker. Scaling out means processes (-i/-a), which a 2-core machine "
-    "that also runs the broker cannot show.")
+    "the broker's JVM on the same 2 cores) is all the second worker can overlap. The shards (users, items, "
+    "successors with the cadence's C_p, drift clusters) spread over the workers, which adds exchange between the "
+    "threads; the drift ordering, the cadence decisions and the drift combiner are one key each. Scaling out means "
+    "processes (-i/-a), which a 2-core machine that also runs the broker cannot show.")
 
 
 # ------------------------------------------------------------------------------------------------ freshness
