@@ -328,6 +328,11 @@ def _order_step(bucket_ms: int, shards: int, make_cadence: Callable[[], Any] | N
             # recovered from a version with the controller in this step: its decisions and C_p go to the cadence
             # step, its clock stays here
             adopt, state.cadence = adopt_controller(state.cadence), state.cadence.clock
+        elif type(state.cadence) is CadenceClock and not clocked:
+            log.info("cadence: off in this run; the recovery store's cadence clock is dropped")
+            state.cadence = None
+        elif state.cadence is None and clocked:  # turned on for a store written without it: it starts now
+            state.cadence = make_cadence()
         n = state.shards
         if n != shards and not warned:
             log.warning("drift: the recovery store spreads the clusters over %d shards; keeping %d, not the %d "

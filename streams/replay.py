@@ -35,6 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
 
 
+# The files a replay writes into its --out directory.
+REPLAY_OUTPUTS = frozenset({"events.jsonl", "items.jsonl", "alerts.jsonl", "cadence.jsonl", "dead_letter.jsonl",
+                            "successors.json", "clusters.json", "summary.json"})
+
+
 def job_args(args: argparse.Namespace) -> argparse.Namespace:
     """The `driftrag run` arguments a replay stands for: its files, one worker, no API, no recovery."""
     from streams import job
@@ -56,6 +61,13 @@ def replay(args: argparse.Namespace, settings: Settings) -> dict:
         path = getattr(args, name)
         if path is not None and not path.is_file():
             raise FileNotFoundError(f"--{name} file not found: {path}")
+    # A replay writes its files afresh (no recovery store to resume from); the sinks append, so a second replay
+    # into the same directory would mix two runs' records in every file.
+    if args.out.is_dir():
+        held = sorted(p.name for p in args.out.iterdir() if p.name in REPLAY_OUTPUTS)
+        if held:
+            raise ValueError(f"--out {args.out} already holds a replay's output ({', '.join(held)}); a replay "
+                             "writes its files afresh: choose another directory or remove them")
     cost = getattr(args, "finetune_cost", None)
     if cost is not None:
         if not cost > 0:

@@ -278,12 +278,12 @@ def mine_triples(clustered: Stream[ClusteredEngagement], counts: StepCounts = NO
 
 def count_successors(triples: Stream[Triple], scored: Stream[ScoredTriple | CadenceFlush] | None = None, *,
                      half_lives_ms: Sequence[float] = DEFAULT_HALF_LIVES_MS, trend_window_ms: int = 86_400_000,
-                     counts: StepCounts = NO_COUNTS) -> tuple[Stream[PairState], Stream[SourceRecords]]:
+                     counts: StepCounts = NO_COUNTS) -> tuple[Stream[PairState], Stream[SourceRecords] | None]:
     """The successor estimates, one key per source cluster; returns (pair states, counted in ``counts`` as
-    ``pair_states``; the records exported for the cadence checks). ``scored``: the same triples in the drift
-    step's canonical order (each is counted on arrival and scored when it comes back from there) with the cadence
-    checks' flushes; without it each triple is scored on arrival. ``half_lives_ms``: the half-lives each pair
-    mixes (one: a fixed half-life; ``inf``: no decay)."""
+    ``pair_states``; the records exported for the cadence checks, None without ``scored``). ``scored``: the same
+    triples in the drift step's canonical order (each is counted on arrival and scored when it comes back from
+    there) with the cadence checks' flushes; without it each triple is scored on arrival. ``half_lives_ms``: the
+    half-lives each pair mixes (one: a fixed half-life; ``inf``: no decay)."""
     hl = tuple(half_lives_ms)
     LiveSuccessors(hl, trend_window_ms=trend_window_ms)  # bad settings fail here, before the flow runs
     ordered = scored is not None

@@ -461,3 +461,27 @@ def test_cadence_decisions_wait_for_late_records(seed, hours, clusters, shards, 
     late = _run(Sharded(sensitive(), shards, lag=True), batches)
     _same(late, one)
     assert [e.to_dict() for e in late.cadence] == [e.to_dict() for e in one.cadence]
+
+
+@pytest.mark.parametrize("first_on", [True, False])
+def test_a_store_resumed_with_the_cadence_turned_off_or_on_goes_on(first_on):
+    """`DRIFTRAG_CADENCE__ENABLED` changed between runs on one recovery store: the ordering step drops the clock
+    (off: no check's placeholder reaches the shards, which would reject it, and no bundle waits for a cadence step
+    that is not there) or starts one (on)."""
+    rng = np.random.default_rng(9)
+    batches = _batches(_stream(rng, hours=150, clusters=6, per_hour=12), [150])
+    half = len(batches) // 2
+    config = sensitive()
+    clock = lambda: CadenceClock(sensitive_cadence().check_every_ms)  # noqa: E731
+    with_cadence = _order_step(config.bucket_ms, 3, clock, 1)
+    without = _order_step(config.bucket_ms, 3, None, 1)
+    state = None
+    for i, b in enumerate(batches):
+        step = with_cadence if (i < half) == first_on else without
+        state, out = step(state, b)
+        if step is without:  # no placeholder of a check reaches the shards, no bundle goes to a cadence step
+            assert not [x for x in out if type(x) is tuple and x[0] == "cadence"]
+            assert not [o for x in out if type(x) is tuple for o in x[1] if o[0] == "c"]
+        else:
+            assert type(state.cadence) is CadenceClock
+    assert (state.cadence is None) == first_on

@@ -94,6 +94,17 @@ def test_replay_writes_the_briefs_files(replayed):
         assert ev["kind"] in ("rag_refresh", "fine_tune") and ev["reason"] and ev["evidence"]
 
 
+def test_a_replay_into_a_directory_holding_one_is_refused(replayed, capsys):
+    """The sinks append: a second replay into the same --out would mix two runs' records in every file. It stops
+    with one clear line (exit 2) and leaves the first replay's files as they were."""
+    _, out, args = replayed
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} already holds a replay's output (" in err and "alerts.jsonl" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
 @pytest.mark.slow
 def test_replaying_twice_gives_the_same_results(replayed, tmp_path):
     _, out, args = replayed
