@@ -291,7 +291,17 @@ class CadenceBook:
     """The controller's decisions and what they rest on, per pair: R_p (the row's distribution), B_p (the base
     model's), their effective sample sizes, the stale traffic; and the drift debt. Each check is given the pairs'
     readings of C_p (``read(pair, ts) -> (support, distribution, effective sample size)``), so the estimates can
-    live elsewhere (:class:`CadenceController` keeps them beside it; the job in the successor step)."""
+    live elsewhere (:class:`CadenceController` keeps them beside it; the job in the successor step).
+
+    >>> book = CadenceBook(CadenceConfig(min_support=5.0, min_change=0.3))
+    >>> reading = {(1, 2): (60.0, {3: 1.0}, 120.0)}  # (1, 2) -> 3, 60 triples an hour
+    >>> book.check(HOUR_MS, 0, {(1, 2): 60}, lambda key, ts: reading[key], reading.keys)  # its first row
+    []
+    >>> reading[(1, 2)] = (60.0, {5: 1.0}, 120.0)  # then -> 5
+    >>> [(e.kind, e.pairs[0]["top_after"]) for e in book.check(2 * HOUR_MS, 0, {(1, 2): 60},
+    ...                                                        lambda key, ts: reading[key], reading.keys)]
+    [('rag_refresh', [5])]
+    """
 
     def __init__(self, config: CadenceConfig) -> None:
         self.config = config

@@ -17,12 +17,11 @@ fine-tune), so the decision step keeps the latest exported record of every pair 
 record and its source's score counter change only when it learns a triple, and then it is exported again. A
 fine-tune re-bases the drift monitor, so drift shards get a bundle's ops only once its checks are decided: no
 feedback edge is needed (a Bytewax dataflow has none). Decisions equal one CadenceController's fed the same
-triples in the same order (tests/test_cadence_stage.py).
+triples in the same order (tests/test_drift_shards.py).
 """
 
 from __future__ import annotations
 
-import logging
 import pickle
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +32,6 @@ from operators.adaptive_successors import AdaptiveSuccessorTable
 from operators.cadence import CadenceBook, CadenceCheck, CadenceConfig, CadenceEvent, read_estimate
 from streams.errors import ERRORS, ErrorBudgetExceeded, ProcessingErrors
 from streams.transitions_stage import CadenceFlush, SourceRecords
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "CADENCE_EVENTS", "CadenceState", "DriftBundle", "adopt_controller", "cadence_step", "count_cadence", "flushes",
