@@ -384,7 +384,8 @@ def test_dashboard_has_the_panels_operators_need():
     for needed in ("driftrag_step_records_total", "driftrag_consumer_lag_messages", "driftrag_event_time_lag_seconds",
                    "driftrag_index_freshness_seconds_bucket", "driftrag_dead_letter_total", "driftrag_drift_score_max",
                    "driftrag_drift_alerts_total", "driftrag_cadence_events_total", "driftrag_http_requests_total",
-                   "driftrag_http_request_seconds_bucket", "driftrag_changelog_lag_messages"):
+                   "driftrag_http_request_seconds_bucket", "driftrag_changelog_lag_messages",
+                   "driftrag_index_changelog_delay_seconds_bucket"):
         assert needed in exprs, needed
     assert "histogram_quantile(0.5," in exprs and "histogram_quantile(0.95," in exprs  # freshness p50/p95
     ids = [p["id"] for p in DASHBOARD["panels"]]
